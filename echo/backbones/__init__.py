@@ -1,0 +1,4 @@
+from .shared import BackboneRegistry
+from .ncsnpp_deform import NCSNppDeform
+
+__all__ = ["BackboneRegistry", "NCSNppDeform"]

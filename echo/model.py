@@ -1,0 +1,145 @@
+"""The ECHO model: a backbone that predicts clean speech, trained on the noise-augmented
+forward process of an SDE (METHOD.md section 2)."""
+import argparse
+import warnings
+
+import lightning.pytorch as pl
+import torch
+
+from echo.backbones import BackboneRegistry
+from echo.remix import REMIX_MODES, NoiseBank, decouple_noise, foreign_noise, remix
+from echo.sdes import SDERegistry
+from echo.spectral import SpecConfig, Spectrogram
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class ScoreModel(pl.LightningModule):
+    @staticmethod
+    def add_argparse_args(parser):
+        group = parser.add_argument_group("model")
+        group.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+        group.add_argument("--ema_decay", type=float, default=0.999,
+                           help="Decay of the weight EMA used for validation and enhancement (default 0.999)")
+        group.add_argument("--loss_type", type=str, default="mse", choices=("mse", "mae"),
+                           help="Squared (mse, default) or absolute (mae) error of the clean-speech estimate")
+        group.add_argument("--remix", type=str, default="echo", choices=REMIX_MODES,
+                           help="Real-noise term of the perturbation: echo (beta-blend of own and bank noise, "
+                                "default), dans (bank noise only), own (own noise only), none")
+        group.add_argument("--noise_bank_size", type=int, default=128,
+                           help="Examples of earlier training noise kept for re-mixup (default 128)")
+        group.add_argument("--num_eval_files", type=int, default=20,
+                           help="Validation files enhanced and scored at each validation (default 20; 0 = off)")
+        group.add_argument("--max_bad_steps", type=int, default=10,
+                           help="Stop after this many consecutive non-finite losses (each is skipped; default 10)")
+        return parser
+
+    def __init__(self, backbone="ncsnpp_deform", sde="echo", lr=1e-4, ema_decay=0.999, loss_type="mse",
+                 remix="echo", noise_bank_size=128, num_eval_files=20, max_bad_steps=10, sr=16000,
+                 n_fft=510, hop_length=128, num_frames=256, spec_factor=0.15, spec_abs_exponent=0.5,
+                 transform_type="exponent", normalize="noisy", **kwargs):
+        super().__init__()
+        if remix not in REMIX_MODES:
+            raise ValueError(f"unknown remix mode '{remix}' (known: {', '.join(REMIX_MODES)})")
+        if loss_type not in ("mse", "mae"):
+            raise ValueError(f"unknown loss_type '{loss_type}'")
+        # every argument is a plain value, so a checkpoint loads without the training code's classes
+        self.save_hyperparameters()
+        self.dnn = BackboneRegistry.get_by_name(backbone)(**kwargs)
+        self.sde = SDERegistry.get_by_name(sde)(**kwargs)
+        self.spectrogram = Spectrogram(SpecConfig(n_fft=n_fft, hop_length=hop_length,
+                                                  transform_type=transform_type, spec_factor=spec_factor,
+                                                  spec_abs_exponent=spec_abs_exponent))
+        self.lr, self.loss_type, self.remix_mode = lr, loss_type, remix
+        self.noise_bank = NoiseBank(noise_bank_size)
+        self.num_eval_files = num_eval_files
+        self.max_bad_steps = max_bad_steps
+        self._bad_steps = 0
+
+    @property
+    def frames_multiple(self):
+        return self.dnn.downsampling_factor
+
+    def forward(self, x_t, y, t):
+        """Clean-speech estimate from the state x_t, the noisy condition y and the time t."""
+        return self.dnn(torch.cat([x_t, y], dim=1), t)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+    def loss_fn(self, err):
+        per_bin = err.abs().square() if self.loss_type == "mse" else err.abs()
+        return torch.mean(0.5 * per_bin.reshape(per_bin.shape[0], -1).sum(dim=-1))
+
+    def _step(self, batch, training):
+        clean, noisy = batch
+        t = self.sde.sample_t(clean.shape[0], clean.device)
+        own = decouple_noise(clean, noisy)
+        noise_mix = remix(self.remix_mode, own, foreign_noise(self.noise_bank, own))
+        if training:
+            self.noise_bank.push(own)  # after drawing: a batch never meets its own noise as foreign
+        x_t = self.sde.perturb(clean, t, noise_mix)
+        return self.loss_fn(self(x_t, noisy, t) - clean)
+
+    def training_step(self, batch, batch_idx):
+        loss = self._step(batch, training=True)
+        if not torch.isfinite(loss):
+            self._bad_steps += 1
+            if self._bad_steps >= self.max_bad_steps:
+                raise NonFiniteLossError(f"{self._bad_steps} consecutive non-finite losses at step "
+                                         f"{self.global_step}; lower --lr or set --gradient_clip_val")
+            warnings.warn(f"non-finite loss at step {self.global_step}: batch skipped")
+            return None  # Lightning skips the optimizer step
+        self._bad_steps = 0
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch[0].shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss = self._step(batch, training=False)
+        self.log("valid_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch[0].shape[0])
+        # the EMA weights are swapped in for the whole validation epoch, so score them here
+        if batch_idx == 0 and self.num_eval_files > 0 and self.trainer is not None and self.trainer.datamodule:
+            self._log_speech_metrics()
+        return loss
+
+    def _log_speech_metrics(self):
+        from echo.validation import evaluate_files, spectrogram_figure
+
+        dataset = self.trainer.datamodule.datasets["valid"]
+        means, example = evaluate_files(self, dataset, self.num_eval_files)
+        for key, value in means.items():
+            self.log(key, value, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
+        if example is not None and self.trainer.is_global_zero and self.logger is not None:
+            log_figure(self.logger, spectrogram_figure(*example, self.hparams.sr), self.global_step)
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["noise_bank"] = self.noise_bank.state_dict()
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint.get("noise_bank")
+        if state is not None:
+            self.noise_bank.load_state_dict(state)
+
+    def on_fit_start(self):
+        # a bank restored from a checkpoint lives on the CPU until the device is known
+        if len(self.noise_bank):
+            self.noise_bank.load_state_dict(self.noise_bank.state_dict(), device=self.device)
+
+
+def log_figure(logger, fig, step):
+    """Send a matplotlib figure to whichever logger is in use; CSV runs get a PNG file."""
+    import matplotlib.pyplot as plt
+    from pathlib import Path
+
+    experiment = getattr(logger, "experiment", None)
+    if hasattr(experiment, "add_figure"):  # TensorBoard
+        experiment.add_figure("spectrograms", fig, global_step=step)
+    elif type(logger).__name__ == "WandbLogger":
+        logger.log_image(key="spectrograms", images=[fig], step=step)
+    else:
+        folder = Path(logger.log_dir) / "figures"
+        folder.mkdir(parents=True, exist_ok=True)
+        fig.savefig(folder / f"spectrograms_step{step:07d}.png", dpi=80)
+    plt.close(fig)

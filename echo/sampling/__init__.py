@@ -1,0 +1,79 @@
+"""Predictor-corrector sampling of the reverse process.
+
+``sample(model, y)`` walks the time grid linspace(1, t_eps, N); at each time the corrector
+(if any) refines the state, then the predictor steps to the next time. Defaults (N, t_eps,
+predictor, corrector) come from the model's SDE, so a checkpoint samples the way it was
+meant to unless a flag says otherwise.
+"""
+import torch
+
+from .correctors import CorrectorRegistry
+from .predictors import PredictorRegistry
+
+__all__ = ["sample", "sampler_defaults", "PredictorRegistry", "CorrectorRegistry", "SamplerError"]
+
+
+class SamplerError(ValueError):
+    """A sampler setting that cannot work with this model."""
+
+
+def sampler_defaults(sde):
+    return dict(predictor=getattr(sde, "default_predictor", "echo_posterior"),
+                corrector=getattr(sde, "default_corrector", "none"),
+                N=sde.N, t_eps=sde.t_eps, snr=getattr(sde, "default_snr", 0.5), corrector_steps=1)
+
+
+def _check(sde_name, sde, predictor, corrector, N, corrector_steps):
+    if predictor not in PredictorRegistry:
+        raise SamplerError(f"unknown predictor '{predictor}' (known: {', '.join(PredictorRegistry.get_all_names())})")
+    if corrector not in CorrectorRegistry:
+        raise SamplerError(f"unknown corrector '{corrector}' (known: {', '.join(CorrectorRegistry.get_all_names())})")
+    supported = PredictorRegistry.get_by_name(predictor).sdes
+    if supported is not None and sde_name not in supported:
+        raise SamplerError(f"predictor '{predictor}' works with SDE {', '.join(supported)}, not '{sde_name}'")
+    if corrector != "none" and getattr(sde, "prediction", "score") == "data" and not hasattr(sde, "score_from_clean"):
+        raise SamplerError(f"corrector '{corrector}' needs a score, which SDE '{sde_name}' cannot derive")
+    if predictor == "none" and corrector == "none":
+        raise SamplerError("predictor and corrector are both 'none': nothing would be sampled")
+    if N < 1 or corrector_steps < 1:
+        raise SamplerError(f"need N >= 1 and corrector_steps >= 1, got N={N}, corrector_steps={corrector_steps}")
+
+
+@torch.inference_mode()
+def sample(model, y, N=None, predictor=None, corrector=None, corrector_steps=None, snr=None, t_eps=None,
+           generator=None):
+    """Clean-speech spectrogram estimate [B, 1, F, T] for the noisy spectrogram ``y`` and the
+    number of network evaluations it took. ``generator`` makes the run reproducible."""
+    defaults = sampler_defaults(model.sde)
+    N = defaults["N"] if N is None else int(N)
+    predictor = predictor or defaults["predictor"]
+    corrector = corrector or defaults["corrector"]
+    corrector_steps = defaults["corrector_steps"] if corrector_steps is None else int(corrector_steps)
+    snr = defaults["snr"] if snr is None else float(snr)
+    t_eps = defaults["t_eps"] if t_eps is None else float(t_eps)
+    sde_name = model.hparams.get("sde", "echo") if hasattr(model, "hparams") else "echo"
+    _check(sde_name, model.sde, predictor, corrector, N, corrector_steps)
+    sde = model.sde.copy(N=N, t_eps=t_eps)
+
+    nfe = 0
+
+    def model_fn(x, y_, t):
+        nonlocal nfe
+        nfe += 1
+        return model(x, y_, t)
+
+    def score_fn(x, y_, t):
+        if getattr(sde, "prediction", "score") == "data":
+            return sde.score_from_clean(x, model_fn(x, y_, t), t)
+        return model_fn(x, y_, t)  # score-predicting models return the score itself
+
+    step = PredictorRegistry.get_by_name(predictor)(sde, model_fn, N)
+    refine = CorrectorRegistry.get_by_name(corrector)(sde, score_fn, snr, corrector_steps)
+    x = sde.prior_sampling(y, generator)
+    x_mean = x
+    for t_value in torch.linspace(sde.T, t_eps, N, dtype=torch.float64).tolist():
+        t = torch.full((y.shape[0],), t_value, device=y.device, dtype=y.real.dtype)
+        x, x_mean = refine.update(x, y, t, generator)
+        x, x_mean = step.update(x, y, t, generator)
+    # the last step's noise-free mean is the estimate
+    return x_mean, nfe

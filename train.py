@@ -1,0 +1,140 @@
+"""Train ECHO: python train.py --base_dir DATA [--log_dir logs] [flags].
+
+Reads base_dir/{train,valid}/{clean,noisy}, trains the clean-speech predictor on the
+noise-augmented forward process, keeps an EMA of the weights, and writes last.ckpt plus the
+best checkpoints under the log directory. `python train.py --help` lists every flag.
+"""
+import argparse
+import os
+import sys
+import warnings
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from echo.backbones import BackboneRegistry
+from echo.checkpoints import CheckpointError, check_resume_compatible
+from echo.data_module import SpecsDataModule
+from echo.ema import EMA
+from echo.model import ScoreModel
+from echo.sdes import SDERegistry
+from echo.util.audio import AudioError
+from echo.util.other import group_values
+
+MODEL_GROUPS = ("model", "data", "NCSN++ (deformable) backbone", "ECHO SDE")
+
+
+def build_parser(argv=None):
+    base = argparse.ArgumentParser(add_help=False)
+    base.add_argument("--backbone", type=str, default="ncsnpp_deform", choices=BackboneRegistry.get_all_names(),
+                      help="Network that estimates clean speech (default ncsnpp_deform)")
+    base.add_argument("--sde", type=str, default="echo", choices=SDERegistry.get_all_names(),
+                      help="Forward process (default echo)")
+    chosen, _ = base.parse_known_args(argv)
+
+    parser = argparse.ArgumentParser(description=__doc__, parents=[base],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    run = parser.add_argument_group("run")
+    run.add_argument("--log_dir", type=str, default="logs", help="Folder for logs and checkpoints")
+    run.add_argument("--ckpt", type=str, default=None, help="Resume training from this checkpoint (e.g. last.ckpt)")
+    run.add_argument("--seed", type=int, default=0, help="Seed of every random number generator")
+    run.add_argument("--logger", type=str, default="csv", choices=("csv", "tensorboard", "wandb"),
+                     help="Where metrics go; csv needs no account or network, wandb honours WANDB_MODE")
+    run.add_argument("--run_name", type=str, default="echo", help="Name of the run under --log_dir")
+    trainer = parser.add_argument_group("trainer")
+    trainer.add_argument("--accelerator", type=str, default="auto", help="cpu, gpu, mps or auto")
+    trainer.add_argument("--devices", type=str, default="auto", help="Number of devices, a list such as 0,1, or auto")
+    trainer.add_argument("--strategy", type=str, default="auto", help="auto, ddp, ... (multi-GPU runs use DDP)")
+    trainer.add_argument("--precision", type=str, default="32-true", help="32-true, bf16-mixed, 16-mixed, ...")
+    trainer.add_argument("--max_steps", type=int, default=-1, help="Stop after this many optimizer steps (-1: no limit)")
+    trainer.add_argument("--max_epochs", type=int, default=-1, help="Stop after this many epochs (-1: no limit)")
+    trainer.add_argument("--accumulate_grad_batches", type=int, default=1,
+                         help="Batches per optimizer step (effective batch = batch_size x devices x this)")
+    trainer.add_argument("--val_check_interval", type=float, default=1.0,
+                         help="Validate every this fraction of an epoch (<= 1) or this many batches (> 1)")
+    trainer.add_argument("--check_val_every_n_epoch", type=int, default=1, help="Validate every this many epochs")
+    trainer.add_argument("--gradient_clip_val", type=float, default=None, help="Clip the gradient norm to this value")
+    trainer.add_argument("--log_every_n_steps", type=int, default=50, help="Log training metrics every this many steps")
+    trainer.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=False,
+                         help="Use deterministic algorithms only (slower; same seed gives the same run)")
+    SpecsDataModule.add_argparse_args(parser)
+    ScoreModel.add_argparse_args(parser)
+    BackboneRegistry.get_by_name(chosen.backbone).add_argparse_args(parser)
+    SDERegistry.get_by_name(chosen.sde).add_argparse_args(parser)
+    return parser
+
+
+class SaveLastOnStop(Callback):
+    """Write last.ckpt when training stops between two scheduled saves (e.g. --max_steps in the
+    middle of an epoch), so that a run can always be resumed from where it stopped. It must run
+    before the EMA callback's on_train_end, which copies the averaged weights over the
+    training weights."""
+
+    def __init__(self, checkpoints: ModelCheckpoint):
+        self.checkpoints = checkpoints
+
+    def on_train_end(self, trainer, pl_module):
+        path = os.path.join(self.checkpoints.dirpath, "last.ckpt")
+        if trainer.global_step > 0 and self.checkpoints._last_global_step_saved != trainer.global_step:
+            trainer.save_checkpoint(path)
+            self.checkpoints.last_model_path = path
+
+
+def make_logger(kind, log_dir, name):
+    if kind == "csv":
+        return pl.loggers.CSVLogger(save_dir=log_dir, name=name)
+    if kind == "tensorboard":
+        return pl.loggers.TensorBoardLogger(save_dir=log_dir, name=name)
+    return pl.loggers.WandbLogger(save_dir=log_dir, name=name)  # WANDB_MODE=offline works without network
+
+
+def parse_devices(text):
+    if text == "auto":
+        return "auto"
+    if "," in text:
+        return [int(d) for d in text.split(",") if d]
+    return int(text)
+
+
+def main(argv=None):
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+
+    model_kwargs = group_values(parser, args, MODEL_GROUPS)
+    model_kwargs.update(backbone=args.backbone, sde=args.sde)
+    for key in ("base_dir", "batch_size", "num_workers", "resample", "downmix"):
+        model_kwargs.pop(key, None)  # data loading only, not part of the model
+    if args.ckpt:
+        check_resume_compatible(args.ckpt, model_kwargs)
+    model = ScoreModel(**model_kwargs)
+    data = SpecsDataModule(**vars(args), pin_memory=args.accelerator != "cpu")
+    data.setup("fit")  # reads and checks every file now, so data errors come before training
+
+    logger = make_logger(args.logger, args.log_dir, args.run_name)
+    checkpoints = ModelCheckpoint(dirpath=os.path.join(logger.log_dir, "checkpoints"), save_last=True,
+                                  monitor="valid_loss", mode="min", save_top_k=1,
+                                  filename="best-loss-{epoch}-{step}")
+    callbacks = [SaveLastOnStop(checkpoints), EMA(args.ema_decay), checkpoints]
+    if args.num_eval_files > 0:
+        callbacks.append(ModelCheckpoint(dirpath=checkpoints.dirpath, monitor="pesq", mode="max", save_top_k=1,
+                                         filename="best-pesq-{epoch}-{step}"))
+    trainer = pl.Trainer(
+        accelerator=args.accelerator, devices=parse_devices(args.devices), strategy=args.strategy,
+        precision=args.precision, max_steps=args.max_steps, max_epochs=args.max_epochs,
+        accumulate_grad_batches=args.accumulate_grad_batches, val_check_interval=args.val_check_interval,
+        check_val_every_n_epoch=args.check_val_every_n_epoch, gradient_clip_val=args.gradient_clip_val,
+        log_every_n_steps=args.log_every_n_steps, deterministic=args.deterministic, logger=logger,
+        callbacks=callbacks,
+    )
+    trainer.fit(model, datamodule=data, ckpt_path=args.ckpt)
+    print(f"checkpoints: {checkpoints.dirpath} (last: {checkpoints.last_model_path}, "
+          f"best valid_loss: {checkpoints.best_model_path})")
+
+
+if __name__ == "__main__":
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    try:
+        main()
+    except (AudioError, CheckpointError) as err:
+        sys.exit(f"error: {err}")
