@@ -21,7 +21,7 @@ from echo.sdes import SDERegistry
 from echo.util.audio import AudioError
 from echo.util.other import group_values
 
-MODEL_GROUPS = ("model", "data", "NCSN++ (deformable) backbone", "ECHO SDE")
+MODEL_GROUPS = ("model", "data", "NCSN++ (deformable) backbone", "ECHO SDE", "OUVE SDE")
 
 
 def build_parser(argv=None):
@@ -48,6 +48,8 @@ def build_parser(argv=None):
     trainer.add_argument("--precision", type=str, default="32-true", help="32-true, bf16-mixed, 16-mixed, ...")
     trainer.add_argument("--max_steps", type=int, default=-1, help="Stop after this many optimizer steps (-1: no limit)")
     trainer.add_argument("--max_epochs", type=int, default=-1, help="Stop after this many epochs (-1: no limit)")
+    trainer.add_argument("--max_time", type=str, default=None,
+                         help="Stop after this wall-clock time, DD:HH:MM:SS (e.g. 00:00:08:00 for 8 minutes)")
     trainer.add_argument("--accumulate_grad_batches", type=int, default=1,
                          help="Batches per optimizer step (effective batch = batch_size x devices x this)")
     trainer.add_argument("--val_check_interval", type=float, default=1.0,
@@ -121,7 +123,7 @@ def main(argv=None):
                                          filename="best-pesq-{epoch}-{step}"))
     trainer = pl.Trainer(
         accelerator=args.accelerator, devices=parse_devices(args.devices), strategy=args.strategy,
-        precision=args.precision, max_steps=args.max_steps, max_epochs=args.max_epochs,
+        precision=args.precision, max_steps=args.max_steps, max_epochs=args.max_epochs, max_time=args.max_time,
         accumulate_grad_batches=args.accumulate_grad_batches, val_check_interval=args.val_check_interval,
         check_val_every_n_epoch=args.check_val_every_n_epoch, gradient_clip_val=args.gradient_clip_val,
         log_every_n_steps=args.log_every_n_steps, deterministic=args.deterministic, logger=logger,

@@ -8,7 +8,7 @@ import torch
 
 from echo.backbones import BackboneRegistry
 from echo.remix import REMIX_MODES, NoiseBank, decouple_noise, foreign_noise, remix
-from echo.sdes import SDERegistry
+from echo.sdes import SDERegistry, complex_randn_like
 from echo.spectral import SpecConfig, Spectrogram
 
 
@@ -63,8 +63,11 @@ class ScoreModel(pl.LightningModule):
         return self.dnn.downsampling_factor
 
     def forward(self, x_t, y, t):
-        """Clean-speech estimate from the state x_t, the noisy condition y and the time t."""
-        return self.dnn(torch.cat([x_t, y], dim=1), t)
+        """From the state x_t, the noisy condition y and the time t: the clean-speech estimate
+        (data-predicting SDEs such as echo) or the score (score-based SDEs such as ouve, where
+        the score is the negated network output, as in SGMSE+)."""
+        out = self.dnn(torch.cat([x_t, y], dim=1), t)
+        return -out if self.sde.prediction == "score" else out
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
@@ -76,12 +79,23 @@ class ScoreModel(pl.LightningModule):
     def _step(self, batch, training):
         clean, noisy = batch
         t = self.sde.sample_t(clean.shape[0], clean.device)
+        if self.sde.prediction == "score":
+            return self._score_matching_loss(clean, noisy, t)
         own = decouple_noise(clean, noisy)
         noise_mix = remix(self.remix_mode, own, foreign_noise(self.noise_bank, own))
         if training:
             self.noise_bank.push(own)  # after drawing: a batch never meets its own noise as foreign
         x_t = self.sde.perturb(clean, t, noise_mix)
         return self.loss_fn(self(x_t, noisy, t) - clean)
+
+    def _score_matching_loss(self, clean, noisy, t):
+        """SGMSE+'s denoising score matching with sigma^2 weighting: |sigma s(x_t) + z|^2.
+        Its noise is Gaussian only: the mean already moves towards y (noise interpolation)."""
+        z = complex_randn_like(clean)
+        mean, std = self.sde.marginal_prob(clean, t, noisy)
+        std = std.reshape(-1, 1, 1, 1)
+        score = self(mean + std * z, noisy, t)
+        return self.loss_fn(score * std + z)
 
     def training_step(self, batch, batch_idx):
         loss = self._step(batch, training=True)

@@ -121,3 +121,69 @@ class EchoSDE:
         params = self.hparams()
         params.update(changes)
         return type(self)(**params)
+
+
+@SDERegistry.register("ouve")
+class OUVESDE:
+    """SGMSE+'s Ornstein-Uhlenbeck process with variance exploding diffusion (the baseline).
+
+    dx = theta (y - x) dt + g(t) dw, g(t) = sigma_min (sigma_max/sigma_min)^t sqrt(2 ln(sigma_max/sigma_min)).
+    The mean moves from clean speech towards y ("noise interpolation"); the network predicts the score.
+    """
+
+    T = 1.0
+    prediction = "score"
+    default_predictor = "reverse_diffusion"
+    default_corrector = "ald"
+    default_snr = 0.5
+
+    def __init__(self, theta=1.5, sigma_min=0.05, sigma_max=0.5, N=30, t_eps=0.03, **ignored):
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        if not 0 < t_eps < 1:
+            raise ValueError(f"t_eps must lie in (0, 1), got {t_eps}")
+        self.theta, self.sigma_min, self.sigma_max = float(theta), float(sigma_min), float(sigma_max)
+        self.N, self.t_eps = int(N), float(t_eps)
+        self.logsig = math.log(self.sigma_max / self.sigma_min)
+
+    @staticmethod
+    def add_argparse_args(parser):
+        group = parser.add_argument_group("OUVE SDE")
+        group.add_argument("--theta", type=float, default=1.5, help="Stiffness of the drift towards y (default 1.5)")
+        group.add_argument("--sigma_min", type=float, default=0.05, help="Smallest diffusion std (default 0.05)")
+        group.add_argument("--sigma_max", type=float, default=0.5, help="Largest diffusion std (default 0.5)")
+        group.add_argument("--N", type=int, default=30, help="Default number of reverse steps saved with the model (default 30)")
+        group.add_argument("--t_eps", type=float, default=0.03, help="Smallest diffusion time (default 0.03)")
+        return parser
+
+    def hparams(self):
+        return dict(theta=self.theta, sigma_min=self.sigma_min, sigma_max=self.sigma_max, N=self.N, t_eps=self.t_eps)
+
+    def copy(self, **changes):
+        params = self.hparams()
+        params.update(changes)
+        return type(self)(**params)
+
+    def sample_t(self, batch_size, device, generator=None):
+        u = torch.rand(batch_size, device=device, generator=generator)
+        return self.t_eps + u * (self.T - self.t_eps)
+
+    def _std(self, t):
+        lam = self.logsig
+        exp = torch.exp if torch.is_tensor(t) else math.exp
+        sqrt = torch.sqrt if torch.is_tensor(t) else math.sqrt
+        var = self.sigma_min ** 2 * (exp(2 * t * lam) - exp(-2 * self.theta * t)) * lam / (self.theta + lam)
+        return sqrt(var)
+
+    def marginal_prob(self, x0, t, y):
+        decay = _per_example(torch.exp(-self.theta * t), x0)
+        return decay * x0 + (1 - decay) * y, self._std(t)
+
+    def sde(self, x, t, y):
+        drift = self.theta * (y - x)
+        diffusion = self.sigma_min * (self.sigma_max / self.sigma_min) ** t * math.sqrt(2 * self.logsig)
+        return drift, diffusion
+
+    def prior_sampling(self, y, generator=None):
+        std = self._std(torch.ones(y.shape[0], device=y.device))
+        return y + _per_example(std, y) * complex_randn_like(y, generator)

@@ -53,3 +53,20 @@ class NoPredictor:
 
     def update(self, x, y, t, generator=None):
         return x, x
+
+
+@PredictorRegistry.register("reverse_diffusion")
+class ReverseDiffusion:
+    """Euler-Maruyama step of the reverse SDE with the model's score (SGMSE+)."""
+
+    sdes = ("ouve",)
+
+    def __init__(self, sde, model_fn, N):
+        self.sde, self.score_fn, self.dt = sde, model_fn, 1.0 / N
+
+    def update(self, x, y, t, generator=None):
+        drift, diffusion = self.sde.sde(x, t, y)
+        g = _per_example(diffusion, x)
+        reverse_drift = drift - g ** 2 * self.score_fn(x, y, t)
+        x_mean = x - reverse_drift * self.dt
+        return x_mean + g * self.dt ** 0.5 * complex_randn_like(x, generator), x_mean

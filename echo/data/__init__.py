@@ -1,0 +1,76 @@
+"""Dataset tools. Each writes the layout the trainer reads:
+
+    base_dir/{train,valid,test}/{clean,noisy}/<same relative names>.wav   (16 kHz mono)
+
+plus ``base_dir/manifest.csv`` describing how each pair was made.
+
+- ``python -m echo.data.synth``  synthetic speech-like signals in synthetic noise (no downloads)
+- ``python -m echo.data.vbdmd``  VoiceBank-DEMAND (48 kHz official folders) -> 16 kHz layout
+- ``python -m echo.data.mix``    any speech corpus + any noise corpus mixed at random SNRs
+
+This module holds what the tools share: the split names, the output-folder policy and the
+manifest writer.
+"""
+import csv
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+SPLITS = ("train", "valid", "test")
+KINDS = ("clean", "noisy")
+MANIFEST_NAME = "manifest.csv"
+
+
+class OutputExistsError(FileExistsError):
+    """The output folder already holds data; ``str(err)`` is a complete one-line message."""
+
+
+def prepare_output_dir(out_dir, overwrite: bool = False) -> Path:
+    """Create ``out_dir`` or check that it is empty.
+
+    A non-empty folder is refused unless ``overwrite``; then only what these tools write
+    (the split folders and the manifest) is removed, so that no stale pair of an earlier,
+    larger dataset survives next to the new one.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(f"{out_dir}: exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(f"{out_dir}: folder is not empty; choose a new folder "
+                                    "or pass --overwrite to replace the dataset in it")
+        for split in SPLITS:
+            shutil.rmtree(out_dir / split, ignore_errors=True)
+        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def pair_paths(out_dir, split: str, name: str):
+    """(clean path, noisy path) of the pair ``name`` (relative, with extension) in ``split``."""
+    out_dir = Path(out_dir)
+    return out_dir / split / "clean" / name, out_dir / split / "noisy" / name
+
+
+def write_manifest(out_dir, rows, fieldnames) -> Path:
+    """Write ``rows`` (dicts) as ``out_dir/manifest.csv``, atomically."""
+    path = Path(out_dir) / MANIFEST_NAME
+    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".csv", dir=out_dir)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fieldnames, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def read_manifest(out_dir):
+    """Rows of ``out_dir/manifest.csv`` as dicts of strings."""
+    with open(Path(out_dir) / MANIFEST_NAME, newline="") as handle:
+        return list(csv.DictReader(handle))
