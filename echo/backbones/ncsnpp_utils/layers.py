@@ -3,7 +3,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 def variance_scaling(scale, mode="fan_avg", distribution="uniform", in_axis=1, out_axis=0):
@@ -59,17 +58,3 @@ def dense(in_features, out_features, init_scale=1.0):
         layer.weight.copy_(default_init(init_scale)(layer.weight.shape))
         layer.bias.zero_()
     return layer
-
-
-def get_act(name):
-    """Activation by name, as in the score_sde configs."""
-    name = name.lower()
-    if name in ("swish", "silu"):
-        return nn.SiLU()
-    if name == "elu":
-        return nn.ELU()
-    if name == "relu":
-        return nn.ReLU()
-    if name == "lrelu":
-        return nn.LeakyReLU(negative_slope=0.2)
-    raise NotImplementedError(f"activation function '{name}' does not exist")
