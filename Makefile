@@ -12,5 +12,5 @@ install-deps:       ## everything but torch
 	$(PYTHON) -m pip install -r requirements.txt
 
 test:               ## the test suite (CPU, a few minutes); "no tests ran" (pytest exit 5) fails too
-	@$(PYTHON) -m pytest -rs -q tests; status=$$?; \
+	@$(PYTHON) -m pytest -n 2 -rs -q tests; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$status

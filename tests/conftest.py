@@ -9,6 +9,13 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("ECHO_OPS", "native")
 
+import torch  # noqa: E402
+
+# The suite runs under pytest-xdist, one process per core: the tiny tensors of the tests gain
+# nothing from intra-op threads, and two processes each spawning two threads on two cores
+# slowed small convolutions down several times over.
+torch.set_num_threads(int(os.environ.get("ECHO_TEST_THREADS", "1")))
+
 # the tiny network used across the suite: trains and samples in seconds on a CPU
 TINY_BACKBONE = dict(nf=16, ch_mult=[1, 2, 2, 2], num_res_blocks=1, attn_resolutions=[])
 TINY_ARGS = ["--nf", "16", "--ch_mult", "1", "2", "2", "2", "--num_res_blocks", "1", "--attn_resolutions"]

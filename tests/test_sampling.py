@@ -37,11 +37,11 @@ def test_echo_sampler_shape_nfe_and_determinism(echo_model):
 
 def test_every_flag_takes_effect(echo_model):
     y = noisy_spec()
-    assert sample(echo_model, y, N=5)[1] == 5
-    assert sample(echo_model, y, N=4, corrector="ald", corrector_steps=2)[1] == 12
-    base = sample(echo_model, y, N=4, corrector="langevin", generator=torch.Generator().manual_seed(0))[0]
-    other_snr = sample(echo_model, y, N=4, corrector="langevin", snr=0.1, generator=torch.Generator().manual_seed(0))[0]
-    other_eps = sample(echo_model, y, N=4, corrector="langevin", t_eps=0.2, generator=torch.Generator().manual_seed(0))[0]
+    assert sample(echo_model, y, N=12)[1] == 12
+    assert sample(echo_model, y, N=10, corrector="ald", corrector_steps=2)[1] == 30
+    base = sample(echo_model, y, N=10, corrector="langevin", generator=torch.Generator().manual_seed(0))[0]
+    other_snr = sample(echo_model, y, N=10, corrector="langevin", snr=0.1, generator=torch.Generator().manual_seed(0))[0]
+    other_eps = sample(echo_model, y, N=10, corrector="langevin", t_eps=0.2, generator=torch.Generator().manual_seed(0))[0]
     assert not torch.equal(base, other_snr) and not torch.equal(base, other_eps)
 
 
@@ -76,6 +76,9 @@ def test_incompatible_combinations_are_refused(echo_model):
         sample(echo_model, y, predictor="reverse_diffusion")
     with pytest.raises(SamplerError, match="unknown corrector"):
         sample(echo_model, y, corrector="magic")
+    with pytest.raises(SamplerError, match="N=5 is too small"):
+        sample(echo_model, y, N=5)
+    assert sample(echo_model, y, N=1)[1] == 1
     with pytest.raises(SamplerError, match="nothing would be sampled"):
         sample(echo_model, y, predictor="none", corrector="none")
 

@@ -33,6 +33,11 @@ def _check(sde_name, sde, predictor, corrector, N, corrector_steps):
         raise SamplerError(f"predictor '{predictor}' works with SDE {', '.join(supported)}, not '{sde_name}'")
     if corrector != "none" and getattr(sde, "prediction", "score") == "data" and not hasattr(sde, "score_from_clean"):
         raise SamplerError(f"corrector '{corrector}' needs a score, which SDE '{sde_name}' cannot derive")
+    beta_max = getattr(sde, "beta_max", None)
+    if predictor == "echo_posterior" and beta_max is not None and N > 1 and beta_max / N > 1:
+        # the discrete chain's last beta_k = beta_max / N would exceed 1 (alpha_k < 0)
+        raise SamplerError(f"N={N} is too small for the discrete chain of this SDE (beta_max/N = "
+                           f"{beta_max / N:.2f} > 1): use N >= {int(-(-beta_max // 1))} or N = 1 (one-step prediction)")
     if predictor == "none" and corrector == "none":
         raise SamplerError("predictor and corrector are both 'none': nothing would be sampled")
     if N < 1 or corrector_steps < 1:

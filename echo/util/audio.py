@@ -113,11 +113,18 @@ def write_audio_atomic(path, data, sr, subtype=None):
     try:
         fmt = "FLAC" if path.suffix.lower() == ".flac" else "WAV"
         sf.write(tmp, data, sr, format=fmt, subtype=subtype)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _short(err):

@@ -1,0 +1,339 @@
+#!/usr/bin/env python
+"""Enhance a folder of noisy recordings with a trained ECHO checkpoint.
+
+    python enhancement.py --test_dir noisy/ --enhanced_dir enhanced/ --ckpt last.ckpt [--N 20]
+
+Every .wav/.flac below --test_dir is enhanced into the same relative path below --enhanced_dir
+(sub-folders kept, same extension, same rate, channel count, length and, where the format
+allows, sample format). Files at any rate are resampled to the model's rate and back; long
+files are enhanced in overlapping chunks (--chunk_seconds) so that memory stays bounded.
+
+Resuming: a file whose output exists is skipped (--overwrite redoes it). Outputs are written
+under a temporary name and renamed, so an interrupted run never leaves a truncated file under
+the final name, and rerunning the same command finishes the job. Each file draws its noise from
+a generator seeded by --seed and the file's relative name: skipping or adding files does not
+change the other files' outputs, and the same seed gives bit-identical files on the CPU.
+
+A file that cannot be read or enhanced is reported on one line naming it; the others are still
+enhanced and the exit status is 1. Setup errors (missing folder, unusable checkpoint, sampler
+settings the model cannot use) print one line and exit with 2. Sampler flags left out take the
+checkpoint's own defaults. The seed, the arguments, the sampler settings and the number of
+network evaluations (NFE) are written to run_info.json in --enhanced_dir.
+"""
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from tqdm import tqdm
+
+from echo.checkpoints import CheckpointError, load_model
+from echo.data.resample import backend_name
+from echo.enhance import DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS, enhance_audio
+from echo.sampling import CorrectorRegistry, PredictorRegistry, SamplerError, sample, sampler_defaults
+from echo.util.audio import AudioError, list_audio, read_audio, write_audio_atomic
+from echo.util.other import write_run_info
+
+RUN_INFO_JSON = "run_info.json"
+SAMPLER_FLAGS = ("N", "predictor", "corrector", "corrector_steps", "snr", "t_eps")
+
+
+class SetupError(Exception):
+    """The run as a whole cannot start or go on; the message is one line."""
+
+
+class FileFailed(Exception):
+    """One file could not be enhanced; the message is one line and names the file."""
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description="Enhance noisy speech with a trained ECHO checkpoint.")
+    parser.add_argument("--test_dir", required=True,
+                        help="folder of noisy .wav/.flac files (sub-folders included)")
+    parser.add_argument("--enhanced_dir", default=None,
+                        help="output folder; the input's sub-folder tree is mirrored there "
+                             "(default: the input folder's name + '_enhanced', beside it)")
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by train.py (its EMA weights are used)")
+    sampler = parser.add_argument_group("sampler (left out: the checkpoint's own defaults)")
+    sampler.add_argument("--N", type=int, default=None,
+                         help="number of reverse steps (default: the checkpoint's, 20 for ECHO); with the "
+                              "echo_posterior predictor use N >= beta_max (10), or 1 for a single prediction")
+    sampler.add_argument("--predictor", default=None, choices=PredictorRegistry.get_all_names(),
+                         help="reverse step taken at each time (default: the checkpoint's, echo_posterior)")
+    sampler.add_argument("--corrector", default=None, choices=CorrectorRegistry.get_all_names(),
+                         help="Langevin refinement before each step (default: the checkpoint's, none for ECHO)")
+    sampler.add_argument("--corrector_steps", type=int, default=None,
+                         help="corrector steps per time (default: 1)")
+    sampler.add_argument("--snr", type=float, default=None,
+                         help="signal-to-noise ratio of the corrector's steps (default: the checkpoint's, 0.5)")
+    sampler.add_argument("--t_eps", type=float, default=None,
+                         help="last (smallest) time of the reverse grid (default: the checkpoint's, 0.04)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                     help="where the network runs; auto (default): CUDA, else Apple MPS, else CPU")
+    run.add_argument("--seed", type=int, default=0,
+                     help="seed of the sampler's noise; with the file's relative name it seeds one "
+                          "generator per file (same seed and settings: bit-identical samples on the CPU; "
+                          "default: 0)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="enhance files whose output exists again (default: skip them, so that an "
+                          "interrupted run resumes)")
+    run.add_argument("--chunk_seconds", type=float, default=DEFAULT_CHUNK_SECONDS,
+                     help="enhance longer files in chunks of about this many seconds (rounded to whole "
+                          "U-Net blocks of frames), so memory does not grow with file length; 8 s takes "
+                          "~3.8 GB per chunk at the paper size; 0: whole files at once (default: %(default)s)")
+    run.add_argument("--overlap_seconds", type=float, default=DEFAULT_OVERLAP_SECONDS,
+                     help="cross-fade between neighbouring chunks, in seconds (at most half a chunk; "
+                          "default: %(default)s)")
+    run.add_argument("--batch_chunks", type=int, default=1,
+                     help="chunks of one file enhanced together in one forward pass: faster on a GPU "
+                          "with memory to spare (2-3 fit 16 GB at the default chunk length), no gain "
+                          "on a CPU; the outputs depend on it, like on the seed (default: 1)")
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+# Setup
+# --------------------------------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    mps_available = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if mps_available else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SetupError("--device cuda: no CUDA device is available (this torch build: "
+                         f"{torch.__version__}); use --device cpu or auto")
+    if name == "mps" and not mps_available:
+        raise SetupError("--device mps: Apple MPS is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def default_enhanced_dir(test_dir) -> str:
+    test_dir = Path(test_dir).resolve()
+    return str(test_dir.parent / f"{test_dir.name}_enhanced")
+
+
+def check_args(args):
+    if args.enhanced_dir is None:
+        args.enhanced_dir = default_enhanced_dir(args.test_dir)
+    if args.chunk_seconds < 0 or args.overlap_seconds < 0:
+        raise SetupError("--chunk_seconds and --overlap_seconds must not be negative")
+    if args.batch_chunks < 1:
+        raise SetupError(f"--batch_chunks must be at least 1, got {args.batch_chunks}")
+
+
+def plan_jobs(test_dir, enhanced_dir, overwrite):
+    """``(todo, skipped)``: lists of ``(relative name, input path, output path)``.
+
+    Refuses an output folder that is the input folder, and any output that would land on an
+    input file; files inside an output folder nested in the input folder are not inputs.
+    """
+    test_dir, enhanced_dir = Path(test_dir), Path(enhanced_dir)
+    if not test_dir.is_dir():
+        raise SetupError(f"--test_dir {test_dir}: folder does not exist")
+    out_root = enhanced_dir.resolve()
+    if out_root == test_dir.resolve():
+        raise SetupError(f"--enhanced_dir {enhanced_dir} is the input folder: the outputs would "
+                         "overwrite the noisy files; choose another folder")
+    inputs = [(rel, test_dir / rel) for rel in list_audio(test_dir)
+              if not (test_dir / rel).resolve().is_relative_to(out_root)]
+    input_files = {src.resolve() for _, src in inputs}
+    todo, skipped = [], []
+    for rel, src in inputs:
+        dst = enhanced_dir / rel
+        if dst.resolve() in input_files:
+            raise SetupError(f"{dst}: the output would overwrite an input file; choose an --enhanced_dir "
+                             "outside --test_dir's tree")
+        (todo if overwrite or not dst.exists() else skipped).append((rel, src, dst))
+    return todo, skipped
+
+
+def file_seed(seed: int, rel_name: str) -> int:
+    """A 63-bit seed from the run's seed and the file's relative name (stable across runs,
+    machines and Python versions, unlike ``hash()``)."""
+    digest = hashlib.sha256(f"{seed}\0{rel_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
+
+
+def sampler_kwargs_from(args) -> dict:
+    """Only the flags that were given: the sampler fills in the checkpoint's defaults."""
+    return {name: getattr(args, name) for name in SAMPLER_FLAGS if getattr(args, name) is not None}
+
+
+# --------------------------------------------------------------------------------------------
+# One file
+# --------------------------------------------------------------------------------------------
+
+def output_subtype(src, dst) -> str:
+    """The input's sample format where the output format can hold it, else float (WAV) or
+    24-bit (FLAC, which has no float format)."""
+    fmt = "FLAC" if Path(dst).suffix.lower() == ".flac" else "WAV"
+    try:
+        subtype = sf.info(str(src)).subtype
+    except Exception:
+        subtype = None
+    if subtype and sf.check_format(fmt, subtype):
+        return subtype
+    return "FLOAT" if fmt == "WAV" else "PCM_24"
+
+
+def enhance_file(model, src, dst, rel, args, sampler_kwargs, device, stats) -> float:
+    """Enhance ``src`` into ``dst``; returns the seconds of audio. Raises AudioError for an
+    unreadable input, FileFailed for a failed enhancement or write, SamplerError as is."""
+    audio, sr = read_audio(src)
+    generator = torch.Generator(device=device).manual_seed(file_seed(args.seed, rel))
+    try:
+        enhanced = enhance_audio(model, audio, sr, sampler_kwargs, generator, chunk_seconds=args.chunk_seconds,
+                                 overlap_seconds=args.overlap_seconds, batch_chunks=args.batch_chunks,
+                                 stats=stats)
+    except SamplerError:
+        raise
+    except torch.OutOfMemoryError:
+        raise FileFailed(f"{src}: out of memory; lower --chunk_seconds or --batch_chunks") from None
+    except Exception as err:
+        raise FileFailed(f"{src}: enhancement failed ({type(err).__name__}: {_first_line(err)})") from None
+    if not np.all(np.isfinite(enhanced)):
+        raise FileFailed(f"{src}: the enhanced signal contains NaN or Inf (sampler settings "
+                         f"{sampler_kwargs or 'default'}); nothing written")
+    subtype = output_subtype(src, dst)
+    if subtype.startswith("PCM"):
+        clipped = int(np.count_nonzero(np.abs(enhanced) > 1.0))
+        if clipped:
+            tqdm.write(f"note: {dst}: {clipped} samples beyond full scale clipped ({subtype})", file=sys.stderr)
+        enhanced = np.clip(enhanced, -1.0, 1.0)
+    try:
+        write_audio_atomic(dst, enhanced, sr, subtype=subtype)
+    except Exception as err:
+        raise FileFailed(f"{dst}: could not be written ({type(err).__name__}: {_first_line(err)})") from None
+    return audio.shape[-1] / sr
+
+
+def _first_line(err) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+def resolved_sampler_settings(model, sampler_kwargs) -> dict:
+    return dict(sampler_defaults(model.sde), **sampler_kwargs)
+
+
+class _ZeroNetwork:
+    """Stands in for the network in a dry run of the sampler: same SDE, answers zeros at no cost,
+    except where its input is already NaN/Inf, which it passes on as a real network would."""
+
+    def __init__(self, model):
+        self.sde, self.hparams = model.sde, model.hparams
+
+    def __call__(self, x, y, t):
+        return x * 0
+
+
+def check_sampler(model, sampler_kwargs) -> int:
+    """Run the sampler once on a single bin with a zero network, before any file is touched:
+    settings it refuses, or whose schedule is not finite, stop the run with one line. Returns the
+    number of network evaluations per sampling pass."""
+    probe = torch.ones(1, 1, 1, 1, dtype=torch.complex64)
+    try:
+        estimate, nfe = sample(_ZeroNetwork(model), probe, generator=torch.Generator().manual_seed(0),
+                               **sampler_kwargs)
+    except SamplerError as err:
+        raise SetupError(f"sampler settings {sampler_kwargs or '(defaults)'}: {err}") from None
+    if not torch.isfinite(estimate).all():
+        beta_max = getattr(model.sde, "beta_max", None)
+        hint = (f"; the echo_posterior chain needs N = 1 or N >= beta_max = {beta_max:g}"
+                if beta_max is not None else "")
+        raise SetupError(f"sampler settings {sampler_kwargs or '(defaults)'} give NaN/Inf{hint}")
+    return nfe
+
+
+def warn_if_settings_differ(enhanced_dir, settings, n_skipped):
+    """A resumed run should use the settings of the run it continues: say so when it does not."""
+    path = Path(enhanced_dir) / RUN_INFO_JSON
+    if not n_skipped or not path.is_file():
+        return
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    changed = [key for key, value in settings.items() if key in before and before[key] != value]
+    if changed:
+        print(f"warning: {n_skipped} existing outputs were made with other {', '.join(changed)} than this "
+              "run's; the folder will mix them (pass --overwrite to redo all)", file=sys.stderr)
+
+
+def run(args) -> int:
+    check_args(args)
+    todo, skipped = plan_jobs(args.test_dir, args.enhanced_dir, args.overwrite)
+    device = resolve_device(args.device)
+    if not todo:  # a finished run resumed: nothing to load the model for
+        print(f"done 0, skipped {len(skipped)}, failed 0 | nothing to enhance in {args.test_dir} "
+              f"(outputs exist: pass --overwrite to redo them)")
+        return 0
+    load_start = time.perf_counter()
+    try:
+        model = load_model(args.ckpt, device)
+    except CheckpointError as err:
+        raise SetupError(str(err)) from None
+    load_seconds = time.perf_counter() - load_start
+    sampler_kwargs = sampler_kwargs_from(args)
+    sampler = resolved_sampler_settings(model, sampler_kwargs)
+    nfe = check_sampler(model, sampler_kwargs)
+    settings = dict(seed=args.seed, sampler=sampler, ckpt=str(Path(args.ckpt).resolve()),
+                    chunking=dict(chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
+                                  batch_chunks=args.batch_chunks))
+    warn_if_settings_differ(args.enhanced_dir, settings, len(skipped))
+    if skipped:
+        print(f"skipping {len(skipped)} file(s) whose output exists (--overwrite redoes them)", file=sys.stderr)
+
+    stats, failed, audio_seconds, done = {}, [], 0.0, 0
+    start = time.perf_counter()
+    with tqdm(total=len(todo), unit="file", desc="enhancing", dynamic_ncols=True) as bar:
+        for rel, src, dst in todo:
+            try:
+                audio_seconds += enhance_file(model, src, dst, rel, args, sampler_kwargs, device, stats)
+                done += 1
+            except SamplerError as err:
+                raise SetupError(f"sampler settings {sampler_kwargs}: {err}") from None
+            except (AudioError, FileFailed) as err:
+                failed.append(rel)
+                tqdm.write(f"failed: {err}", file=sys.stderr)
+            bar.update(1)
+    wall = time.perf_counter() - start
+
+    if done:
+        write_run_info(args.enhanced_dir, **settings, args=vars(args), device=str(device),
+                       nfe_per_sampling_pass=stats.get("nfe", nfe), sampling_passes=stats.get("sampling_passes"),
+                       chunks=stats.get("chunks"), resampler=backend_name(),
+                       files=dict(done=done, skipped=len(skipped), failed=len(failed)),
+                       audio_seconds=round(audio_seconds, 3), wall_seconds=round(wall, 3))
+    rtf = f"{wall / audio_seconds:.3f}" if audio_seconds else "n/a"
+    print(f"done {done}, skipped {len(skipped)}, failed {len(failed)} | {audio_seconds:.1f} s of audio in "
+          f"{wall:.1f} s wall (RTF {rtf}) | model load {load_seconds:.1f} s on {device}")
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (SetupError, AudioError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished files are kept; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
