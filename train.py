@@ -124,7 +124,7 @@ def main(argv=None):
     trainer = pl.Trainer(
         accelerator=args.accelerator, devices=parse_devices(args.devices), strategy=args.strategy,
         precision=args.precision, max_steps=args.max_steps, max_epochs=args.max_epochs, max_time=args.max_time,
-        accumulate_grad_batches=args.accumulate_grad_batches, val_check_interval=args.val_check_interval,
+        accumulate_grad_batches=args.accumulate_grad_batches, val_check_interval=int(args.val_check_interval) if args.val_check_interval > 1 else args.val_check_interval,
         check_val_every_n_epoch=args.check_val_every_n_epoch, gradient_clip_val=args.gradient_clip_val,
         log_every_n_steps=args.log_every_n_steps, deterministic=args.deterministic, logger=logger,
         callbacks=callbacks,

@@ -11,10 +11,12 @@ from conftest import REPO, TINY_ARGS
 import train
 
 FAST = ["--accelerator", "cpu", "--batch_size", "2", "--num_frames", "16", "--num_workers", "0",
-        "--logger", "csv", "--log_every_n_steps", "1", "--num_eval_files", "0", *TINY_ARGS]
+        "--logger", "csv", "--log_every_n_steps", "1", *TINY_ARGS]
 
 
 def run_train(base_dir, log_dir, *extra):
+    if "--num_eval_files" not in extra:
+        extra = ("--num_eval_files", "0", *extra)
     train.main(["--base_dir", str(base_dir), "--log_dir", str(log_dir), *FAST, *extra])
     return sorted(log_dir.glob("echo/version_*/checkpoints/last.ckpt"))[-1]
 
@@ -65,3 +67,14 @@ def test_bad_data_gives_one_line_error(tmp_path):
     assert out.returncode != 0
     assert out.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "Traceback" not in out.stderr
+
+
+def test_validation_scores_speech_and_draws_spectrograms(synth_dataset, tmp_path):
+    run_train(synth_dataset, tmp_path, "--max_steps", "4", "--num_eval_files", "1", "--N", "1")  # one epoch
+    version = sorted(tmp_path.glob("echo/version_*"))[-1]
+    with open(version / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {"pesq", "estoi", "si_sdr"} <= set(rows[0])
+    assert any(r["si_sdr"] for r in rows)
+    assert list((version / "figures").glob("spectrograms_step*.png"))
+    assert list((version / "checkpoints").glob("best-pesq-*.ckpt"))
