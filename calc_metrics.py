@@ -16,7 +16,8 @@ CSIG/CBAK/COVL (Hu & Loizou 2008, fed with wide-band PESQ), segmental SNR; with 
 DNSMOS P.835 SIG/BAK/OVRL, which needs no clean reference (then --clean_dir may be left out).
 
 A file that cannot be read or scored is reported on one line naming it; the others are still
-scored and the exit status is 1. Setup errors (missing folders, unpaired files) exit with 2.
+scored and the exit status is 1. Setup errors (missing or empty folders, unpaired files, an
+output folder that cannot be written) print one line and exit with 2, before any scoring.
 """
 import argparse
 import csv
@@ -46,7 +47,7 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from echo.util.audio import AudioError, pair_audio, read_audio  # noqa: E402
+from echo.util.audio import AudioError, check_writable_folder, pair_audio, read_audio  # noqa: E402
 from echo.util.metrics import (DNSMOS_METRICS, PAIR_METRICS, DnsmosUnavailable,  # noqa: E402
                                LengthMismatchError, check_dnsmos_available, dnsmos_p835,
                                score_pair, trim_to_shortest)
@@ -333,8 +334,8 @@ def main(argv=None):
                 raise SetupError(f"--dnsmos: {err}") from None
         jobs = find_jobs(args.clean_dir, args.noisy_dir, args.enhanced_dir)
         output_dir = Path(args.output_dir or args.enhanced_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except (SetupError, OSError) as err:
+        check_writable_folder(output_dir)  # before the scoring, not after it
+    except (SetupError, AudioError, OSError) as err:
         _error(err)
         return 2
 

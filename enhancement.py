@@ -10,19 +10,22 @@ files are enhanced in overlapping chunks (--chunk_seconds) so that memory stays 
 
 Resuming: a file whose output exists is skipped (--overwrite redoes it). Outputs are written
 under a temporary name and renamed, so an interrupted run never leaves a truncated file under
-the final name, and rerunning the same command finishes the job. Each file draws its noise from
+the final name, and rerunning the same command finishes the job. Ctrl-C (SIGINT) and SIGTERM
+remove the file being written; the temporary file a SIGKILL leaves behind (hidden,
+.partial-<pid>-*) is deleted by the next run. Each file draws its noise from
 a generator seeded by --seed and the file's relative name: skipping or adding files does not
 change the other files' outputs, and the same seed gives bit-identical files on the CPU.
 
 A file that cannot be read or enhanced is reported on one line naming it; the others are still
-enhanced and the exit status is 1. Setup errors (missing folder, unusable checkpoint, sampler
-settings the model cannot use) print one line and exit with 2. Sampler flags left out take the
+enhanced and the exit status is 1. Setup errors (missing or empty folder, an output folder that
+cannot be written, unusable checkpoint, sampler settings the model cannot use) print one line
+and exit with 2. Sampler flags left out take the
 checkpoint's own defaults. The seed, the arguments, the sampler settings and the number of
 network evaluations (NFE) are written to run_info.json in --enhanced_dir.
 """
 import argparse
-import hashlib
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -36,8 +39,10 @@ from echo.checkpoints import CheckpointError, load_model
 from echo.data.resample import backend_name
 from echo.enhance import DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS, enhance_audio
 from echo.sampling import CorrectorRegistry, PredictorRegistry, SamplerError, sample, sampler_defaults
-from echo.util.audio import AudioError, list_audio, read_audio, write_audio_atomic
+from echo.util.audio import (AudioError, check_writable_folder, list_audio, read_audio, remove_stale_partials,
+                             write_audio_atomic)
 from echo.util.other import write_run_info
+from echo.util.seeding import derive_seed
 
 RUN_INFO_JSON = "run_info.json"
 SAMPLER_FLAGS = ("N", "predictor", "corrector", "corrector_steps", "snr", "t_eps")
@@ -144,6 +149,8 @@ def plan_jobs(test_dir, enhanced_dir, overwrite):
                          "overwrite the noisy files; choose another folder")
     inputs = [(rel, test_dir / rel) for rel in list_audio(test_dir)
               if not (test_dir / rel).resolve().is_relative_to(out_root)]
+    if not inputs:
+        raise SetupError(f"--test_dir {test_dir}: no .wav or .flac files found (sub-folders included)")
     input_files = {src.resolve() for _, src in inputs}
     todo, skipped = [], []
     for rel, src in inputs:
@@ -158,8 +165,7 @@ def plan_jobs(test_dir, enhanced_dir, overwrite):
 def file_seed(seed: int, rel_name: str) -> int:
     """A 63-bit seed from the run's seed and the file's relative name (stable across runs,
     machines and Python versions, unlike ``hash()``)."""
-    digest = hashlib.sha256(f"{seed}\0{rel_name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
+    return derive_seed(seed, rel_name)
 
 
 def sampler_kwargs_from(args) -> dict:
@@ -275,11 +281,15 @@ def warn_if_settings_differ(enhanced_dir, settings, n_skipped):
 def run(args) -> int:
     check_args(args)
     todo, skipped = plan_jobs(args.test_dir, args.enhanced_dir, args.overwrite)
+    stale = remove_stale_partials(args.enhanced_dir)
+    if stale:
+        print(f"removed {len(stale)} unfinished temporary file(s) of an interrupted run", file=sys.stderr)
     device = resolve_device(args.device)
     if not todo:  # a finished run resumed: nothing to load the model for
         print(f"done 0, skipped {len(skipped)}, failed 0 | nothing to enhance in {args.test_dir} "
               f"(outputs exist: pass --overwrite to redo them)")
         return 0
+    check_writable_folder(args.enhanced_dir)  # before any work: not once per file after it
     load_start = time.perf_counter()
     try:
         model = load_model(args.ckpt, device)
@@ -335,5 +345,10 @@ def main(argv=None) -> int:
         return 130
 
 
+def _interrupt_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # the same clean-up as Ctrl-C: the file being written is removed
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     sys.exit(main())

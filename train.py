@@ -3,23 +3,35 @@
 Reads base_dir/{train,valid}/{clean,noisy}, trains the clean-speech predictor on the
 noise-augmented forward process, keeps an EMA of the weights, and writes last.ckpt plus the
 best checkpoints under the log directory. `python train.py --help` lists every flag.
+
+Resuming (--ckpt last.ckpt): the checkpoint is first read with weights_only=True (a file that
+carries pickled code is refused before Lightning opens it). Every random number of a step is
+drawn from (--seed, step) and the data order and crops from (--seed, epoch, file), so a run
+resumed from a checkpoint taken at the end of an epoch repeats the uninterrupted run's losses.
+Checkpoints are written under a temporary name and renamed: a run killed while saving keeps
+its previous last.ckpt. The seed, the arguments and the software versions go to run_info.json
+in the run's log folder.
 """
 import argparse
 import os
 import sys
+import tempfile
 import warnings
+from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins import TorchCheckpointIO
 
 from echo.backbones import BackboneRegistry
 from echo.checkpoints import CheckpointError, check_resume_compatible
 from echo.data_module import SpecsDataModule
 from echo.ema import EMA
-from echo.model import ScoreModel
+from echo.model import NonFiniteLossError, ScoreModel
 from echo.sdes import SDERegistry
-from echo.util.audio import AudioError
-from echo.util.other import group_values
+from echo.util.audio import PARTIAL_PREFIX, AudioError, check_writable_folder, remove_stale_partials
+from echo.util.other import group_values, write_run_info
 
 MODEL_GROUPS = ("model", "data", "NCSN++ (deformable) backbone", "ECHO SDE", "OUVE SDE")
 
@@ -82,6 +94,30 @@ class SaveLastOnStop(Callback):
             self.checkpoints.last_model_path = path
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written under a temporary name in the target folder, flushed to disk, then
+    renamed over the old file: a run killed while saving (SIGKILL, power loss) keeps the previous
+    complete last.ckpt instead of a truncated one. Lightning's own writer stages the file in the
+    system temp folder, from where the final move is a copy when that is another file system."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        if "://" in str(path):  # remote storage: Lightning's writer
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{os.getpid()}-", suffix=".ckpt", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+
 def make_logger(kind, log_dir, name):
     if kind == "csv":
         return pl.loggers.CSVLogger(save_dir=log_dir, name=name)
@@ -98,20 +134,32 @@ def parse_devices(text):
     return int(text)
 
 
+def prepare_resume(ckpt, model_kwargs):
+    """Refuse an unsafe, incomplete or incompatible checkpoint with one line, before Lightning
+    reads it; note a seed that differs from the checkpoint's; remove checkpoint temporaries that
+    a killed run left next to it."""
+    saved = check_resume_compatible(ckpt, model_kwargs)
+    if "seed" in saved and saved["seed"] != model_kwargs["seed"]:
+        print(f"note: {ckpt} was trained with --seed {saved['seed']}; this run draws from --seed "
+              f"{model_kwargs['seed']}, so it will not repeat the interrupted run", file=sys.stderr)
+    remove_stale_partials(Path(ckpt).parent, suffixes=(".ckpt",))
+
+
 def main(argv=None):
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     pl.seed_everything(args.seed, workers=True, verbose=False)
 
     model_kwargs = group_values(parser, args, MODEL_GROUPS)
-    model_kwargs.update(backbone=args.backbone, sde=args.sde)
+    model_kwargs.update(backbone=args.backbone, sde=args.sde, seed=args.seed)
     for key in ("base_dir", "batch_size", "num_workers", "resample", "downmix"):
         model_kwargs.pop(key, None)  # data loading only, not part of the model
     if args.ckpt:
-        check_resume_compatible(args.ckpt, model_kwargs)
+        prepare_resume(args.ckpt, model_kwargs)
     model = ScoreModel(**model_kwargs)
     data = SpecsDataModule(**vars(args), pin_memory=args.accelerator != "cpu")
     data.setup("fit")  # reads and checks every file now, so data errors come before training
+    check_writable_folder(args.log_dir)
 
     logger = make_logger(args.logger, args.log_dir, args.run_name)
     checkpoints = ModelCheckpoint(dirpath=os.path.join(logger.log_dir, "checkpoints"), save_last=True,
@@ -127,9 +175,17 @@ def main(argv=None):
         accumulate_grad_batches=args.accumulate_grad_batches, val_check_interval=int(args.val_check_interval) if args.val_check_interval > 1 else args.val_check_interval,
         check_val_every_n_epoch=args.check_val_every_n_epoch, gradient_clip_val=args.gradient_clip_val,
         log_every_n_steps=args.log_every_n_steps, deterministic=args.deterministic, logger=logger,
-        callbacks=callbacks,
+        callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+        # the data module shards the data between DDP processes itself, with its seeded sampler
+        # (see echo.data_module.EpochSampler); Lightning's replacement would drop that order
+        use_distributed_sampler=False,
     )
-    trainer.fit(model, datamodule=data, ckpt_path=args.ckpt)
+    if trainer.is_global_zero:
+        logger.experiment  # noqa: B018 -- the logger creates the run's folder first, or it warns that it is not empty
+        command_line = sys.argv[1:] if argv is None else list(argv)
+        write_run_info(logger.log_dir, seed=args.seed, resumed_from=args.ckpt, argv=command_line, args=vars(args))
+    # weights_only: tensors and plain values only, also for Lightning's own read of the file
+    trainer.fit(model, datamodule=data, ckpt_path=args.ckpt, weights_only=True)
     print(f"checkpoints: {checkpoints.dirpath} (last: {checkpoints.last_model_path}, "
           f"best valid_loss: {checkpoints.best_model_path})")
 
@@ -138,5 +194,5 @@ if __name__ == "__main__":
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     try:
         main()
-    except (AudioError, CheckpointError) as err:
+    except (AudioError, CheckpointError, NonFiniteLossError) as err:
         sys.exit(f"error: {err}")

@@ -51,13 +51,27 @@ def _norm(value):
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def check_resume_compatible(path, model_kwargs: dict):
-    """Fail with one line when the flags describe another network than the checkpoint's."""
-    saved = read_checkpoint(path)["hyper_parameters"]
+# what Lightning needs to continue a run besides the weights
+TRAINING_STATE_KEYS = ("optimizer_states", "loops", "global_step", "epoch")
+
+
+def check_resume_compatible(path, model_kwargs: dict) -> dict:
+    """Fail with one line when the file is not a safe, complete training checkpoint or the flags
+    describe another network than the checkpoint's; returns its hyper-parameters.
+
+    Reading it here, with ``weights_only=True``, is what keeps a pickled payload from running:
+    train.py calls this before Lightning opens the file."""
+    ckpt = read_checkpoint(path)
+    missing = [key for key in TRAINING_STATE_KEYS if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: holds weights but no training state ({', '.join(missing)} missing), "
+                              "so training cannot resume from it; use it for enhancement or start a new run")
+    saved = ckpt["hyper_parameters"]
     diffs = architecture_differences(saved, model_kwargs)
     if diffs:
         raise CheckpointError(f"{path}: was trained with other settings; pass the checkpoint's values or "
                               f"start a new run: " + ", ".join(diffs))
+    return saved
 
 
 def load_model(path, device="cpu", expect=None):

@@ -1,27 +1,38 @@
 """Paired clean/noisy spectrogram data (METHOD.md section 1).
 
 ``base_dir/{train,valid,test}/{clean,noisy}`` with files paired by relative name. Every file
-is checked (rate, channels, readability) when the split is set up, so that a bad data set
-fails before training starts, with the file named, rather than inside a loader worker.
+is checked (readability, rate, channels, length against its partner, finite samples) when the
+split is set up, so that a bad data set fails before training starts, with the file named,
+rather than inside a loader worker.
+
+Randomness is a function of the seed and the position in the run: the order of an epoch of
+(seed, epoch), a random crop of (seed, epoch, file index). A run resumed at an epoch boundary
+therefore sees the same batches as the run that was never interrupted.
 """
 import argparse
+import math
 from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from echo.spectral import SpecConfig, Spectrogram
-from echo.util.audio import AudioError, audio_info, pair_audio, read_audio
+from echo.util.audio import AudioError, audio_info, check_samples_finite, pair_audio, read_audio
+from echo.util.seeding import seeded_generator
 
 SPLITS = ("train", "valid", "test")
 NORMALIZE_MODES = ("noisy", "clean", "not")
 
 
 def check_pairs(pairs, sr, resample, downmix):
-    """Fail on the first file whose rate or channel count the loader would not accept."""
+    """Fail on the first file the loader would not accept: unreadable, empty, at another rate or
+    with several channels (unless asked to convert), of another length or rate than its partner,
+    or, for float files, holding NaN or Inf (integer files cannot, so only float files are read
+    in full here)."""
     for _, clean_path, noisy_path in pairs:
+        described = {}
         for path in (clean_path, noisy_path):
             rate, channels, frames = audio_info(path)
             if frames == 0:
@@ -31,6 +42,12 @@ def check_pairs(pairs, sr, resample, downmix):
                                  f"(e.g. `python -m echo.data.vbdmd` for VoiceBank-DEMAND, or sox) or pass --resample")
             if channels != 1 and not downmix:
                 raise AudioError(f"{path}: {channels} channels, expected mono; downmix the data set or pass --downmix")
+            check_samples_finite(path)
+            described[path] = (rate, frames)
+        (clean_rate, clean_frames), (noisy_rate, noisy_frames) = described.values()
+        if (clean_rate, clean_frames) != (noisy_rate, noisy_frames):
+            raise AudioError(f"{noisy_path}: {noisy_frames} samples at {noisy_rate} Hz but its clean partner "
+                             f"{clean_path} has {clean_frames} at {clean_rate} Hz; clean and noisy must be aligned")
 
 
 def load_mono(path, sr, resample, downmix):
@@ -77,17 +94,59 @@ def normalization_factor(clean, noisy, mode):
     return float(peak) if peak > 1e-8 else 1.0
 
 
+class EpochSampler(DistributedSampler):
+    """The indices of one epoch, as ``(epoch, index)`` pairs, in an order that depends on
+    (seed, epoch) only, and this process's share of them.
+
+    The epoch travels with every index because the dataset draws its random crop from (seed,
+    epoch, index) and runs in data-loader workers, which keep their own copy of the dataset
+    (for the whole run, with persistent workers) and so never see an epoch counter set in the
+    main process. The epoch is read from ``epoch_of`` (the trainer's ``current_epoch``) when the
+    iteration starts, else from ``set_epoch``: after resuming a run stopped by --max_steps at an
+    epoch end, Lightning passes ``set_epoch`` one more than the epoch it trains (its processed-
+    epoch counter runs ahead of ``current_epoch`` there), which would change the order.
+
+    It is a DistributedSampler so that one class serves one process (num_replicas 1) and DDP
+    (one replica per process, each a disjoint share, as Lightning's own replacement would give);
+    the data module builds it with the trainer's replica count and rank, and train.py turns
+    Lightning's sampler replacement off (``use_distributed_sampler=False``) so that the seeded
+    order is kept. The order is drawn from a seed derived from (seed, epoch) rather than
+    DistributedSampler's ``seed + epoch``, under which seed 1 would repeat seed 0 one epoch late.
+    """
+
+    def __init__(self, dataset, num_replicas=1, rank=0, shuffle=True, seed=0, epoch_of=None):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.epoch_of = epoch_of
+
+    def __iter__(self):
+        epoch = self.epoch_of() if self.epoch_of is not None else self.epoch
+        if self.shuffle:
+            order = seeded_generator(self.seed, "order", epoch)
+            indices = torch.randperm(len(self.dataset), generator=order).tolist()
+        else:
+            indices = list(range(len(self.dataset)))
+        # as DistributedSampler: repeat the first indices so that every replica gets as many
+        padding = self.total_size - len(indices)
+        indices += (indices * math.ceil(self.total_size / max(1, len(indices))))[:padding]
+        share = indices[self.rank:self.total_size:self.num_replicas]
+        return iter([(epoch, index) for index in share])
+
+
 class SpecsDataset(Dataset):
-    """Pairs of compressed complex spectrograms, each [1, F, num_frames]."""
+    """Pairs of compressed complex spectrograms, each [1, F, num_frames].
+
+    Items are addressed by index or by ``(epoch, index)`` (see ``EpochSampler``); the random crop
+    of training data is drawn from (seed, epoch, index), epoch 0 for a plain index.
+    """
 
     def __init__(self, pairs, spectrogram: Spectrogram, num_frames, sr=16000, random_crop=False,
-                 normalize="noisy", resample=False, downmix=False):
+                 normalize="noisy", resample=False, downmix=False, seed=0):
         self.pairs = pairs
         self.spectrogram = spectrogram
         self.num_frames = num_frames
         self.target_len = spectrogram.samples_for_frames(num_frames)
         self.sr, self.random_crop, self.normalize = sr, random_crop, normalize
-        self.resample, self.downmix = resample, downmix
+        self.resample, self.downmix, self.seed = resample, downmix, seed
 
     def __len__(self):
         return len(self.pairs)
@@ -102,9 +161,11 @@ class SpecsDataset(Dataset):
                              f"{clean_path} has {clean.shape[-1]}")
         return clean, noisy, name
 
-    def __getitem__(self, index):
+    def __getitem__(self, item):
+        epoch, index = item if isinstance(item, tuple) else (0, item)
         clean, noisy, _ = self.load_pair(index)
-        clean, noisy = crop_or_pad(clean, noisy, self.target_len, self.random_crop)
+        generator = seeded_generator(self.seed, "crop", epoch, index) if self.random_crop else None
+        clean, noisy = crop_or_pad(clean, noisy, self.target_len, self.random_crop, generator)
         factor = normalization_factor(clean, noisy, self.normalize)
         clean_spec = self.spectrogram.to_spec(clean / factor)[None]
         noisy_spec = self.spectrogram.to_spec(noisy / factor)[None]
@@ -137,9 +198,10 @@ class SpecsDataModule(pl.LightningDataModule):
 
     def __init__(self, base_dir, batch_size=8, num_workers=4, sr=16000, n_fft=510, hop_length=128,
                  num_frames=256, spec_factor=0.15, spec_abs_exponent=0.5, transform_type="exponent",
-                 normalize="noisy", resample=False, downmix=False, pin_memory=False, **ignored):
+                 normalize="noisy", resample=False, downmix=False, pin_memory=False, seed=0, **ignored):
         super().__init__()
         self.base_dir = Path(base_dir)
+        self.seed = seed
         self.batch_size, self.num_workers = batch_size, num_workers
         self.sr, self.num_frames, self.normalize = sr, num_frames, normalize
         self.resample, self.downmix, self.pin_memory = resample, downmix, pin_memory
@@ -159,7 +221,7 @@ class SpecsDataModule(pl.LightningDataModule):
     def make_dataset(self, split):
         return SpecsDataset(self.split_pairs(split), self.spectrogram, self.num_frames, sr=self.sr,
                             random_crop=(split == "train"), normalize=self.normalize,
-                            resample=self.resample, downmix=self.downmix)
+                            resample=self.resample, downmix=self.downmix, seed=self.seed)
 
     def setup(self, stage=None):
         wanted = {"fit": ("train", "valid"), "validate": ("valid",), "test": ("test",)}.get(stage, SPLITS)
@@ -169,8 +231,19 @@ class SpecsDataModule(pl.LightningDataModule):
                     continue
                 self.datasets[split] = self.make_dataset(split)
 
+    def _replicas(self):
+        """(number of processes, this one's rank): the trainer's under DDP, else (1, 0)."""
+        distributed = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        if not distributed:
+            return 1, 0
+        return distributed["num_replicas"], distributed["rank"]
+
     def _loader(self, split, shuffle):
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
+        num_replicas, rank = self._replicas()
+        epoch_of = (lambda: self.trainer.current_epoch) if self.trainer is not None else None
+        sampler = EpochSampler(self.datasets[split], num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+                               seed=self.seed, epoch_of=epoch_of)
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, sampler=sampler,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
 

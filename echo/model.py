@@ -10,6 +10,7 @@ from echo.backbones import BackboneRegistry
 from echo.remix import REMIX_MODES, NoiseBank, decouple_noise, foreign_noise, remix
 from echo.sdes import SDERegistry, complex_randn_like
 from echo.spectral import SpecConfig, Spectrogram
+from echo.util.seeding import derive_seed
 
 
 class NonFiniteLossError(RuntimeError):
@@ -39,7 +40,7 @@ class ScoreModel(pl.LightningModule):
     def __init__(self, backbone="ncsnpp_deform", sde="echo", lr=1e-4, ema_decay=0.999, loss_type="mse",
                  remix="echo", noise_bank_size=128, num_eval_files=20, max_bad_steps=10, sr=16000,
                  n_fft=510, hop_length=128, num_frames=256, spec_factor=0.15, spec_abs_exponent=0.5,
-                 transform_type="exponent", normalize="noisy", **kwargs):
+                 transform_type="exponent", normalize="noisy", seed=0, **kwargs):
         super().__init__()
         if remix not in REMIX_MODES:
             raise ValueError(f"unknown remix mode '{remix}' (known: {', '.join(REMIX_MODES)})")
@@ -56,6 +57,7 @@ class ScoreModel(pl.LightningModule):
         self.noise_bank = NoiseBank(noise_bank_size)
         self.num_eval_files = num_eval_files
         self.max_bad_steps = max_bad_steps
+        self.seed = seed  # with the step, it seeds the step's random numbers (see step_generators)
         self._bad_steps = 0
 
     @property
@@ -76,42 +78,68 @@ class ScoreModel(pl.LightningModule):
         per_bin = err.abs().square() if self.loss_type == "mse" else err.abs()
         return torch.mean(0.5 * per_bin.reshape(per_bin.shape[0], -1).sum(dim=-1))
 
-    def _step(self, batch, training):
+    def step_generators(self, stage, batch_idx):
+        """(generator on the model's device, generator on the CPU) for one step, both seeded from
+        (seed, stage, rank, global step, batch index): the step's random numbers depend on where
+        it is in the run, not on what ran before, so a resumed run draws what the uninterrupted
+        run drew. The rank gives each DDP process its own numbers; the batch index separates the
+        micro-batches of one optimizer step (gradient accumulation) and a batch retried after a
+        skipped one. Validation leaves the step out: the same weights give the same valid_loss.
+
+        Torch's global generator is seeded the same way, so that randomness drawn from it
+        inside the network (dropout) follows the step too.
+        """
+        step = self.global_step if stage == "train" else "-"
+        seed = derive_seed(self.seed, stage, self.global_rank, step, batch_idx)
+        torch.manual_seed(seed)
+        on_cpu = torch.Generator().manual_seed(seed)
+        if self.device.type == "cpu":
+            return on_cpu, on_cpu
+        return torch.Generator(device=self.device).manual_seed(seed), on_cpu
+
+    def _step(self, batch, training, generators=(None, None)):
+        """The loss of a batch. ``generators``: (on the model's device, on the CPU) for t, the
+        Gaussian noise, the remix weights and the bank draw; None: torch's global generator."""
         clean, noisy = batch
-        t = self.sde.sample_t(clean.shape[0], clean.device)
+        on_device, on_cpu = generators
+        t = self.sde.sample_t(clean.shape[0], clean.device, generator=on_device)
         if self.sde.prediction == "score":
-            return self._score_matching_loss(clean, noisy, t)
+            return self._score_matching_loss(clean, noisy, t, on_device)
         own = decouple_noise(clean, noisy)
-        noise_mix = remix(self.remix_mode, own, foreign_noise(self.noise_bank, own))
-        if training:
-            self.noise_bank.push(own)  # after drawing: a batch never meets its own noise as foreign
-        x_t = self.sde.perturb(clean, t, noise_mix)
+        noise_mix = remix(self.remix_mode, own, foreign_noise(self.noise_bank, own, on_cpu), on_cpu)
+        # after drawing: a batch never meets its own noise as foreign; a non-finite batch is kept
+        # out, or it would poison the steps that draw from the bank after it is skipped
+        if training and torch.isfinite(own).all():
+            self.noise_bank.push(own)
+        x_t = self.sde.perturb(clean, t, noise_mix, generator=on_device)
         return self.loss_fn(self(x_t, noisy, t) - clean)
 
-    def _score_matching_loss(self, clean, noisy, t):
+    def _score_matching_loss(self, clean, noisy, t, generator=None):
         """SGMSE+'s denoising score matching with sigma^2 weighting: |sigma s(x_t) + z|^2.
         Its noise is Gaussian only: the mean already moves towards y (noise interpolation)."""
-        z = complex_randn_like(clean)
+        z = complex_randn_like(clean, generator)
         mean, std = self.sde.marginal_prob(clean, t, noisy)
         std = std.reshape(-1, 1, 1, 1)
         score = self(mean + std * z, noisy, t)
         return self.loss_fn(score * std + z)
 
     def training_step(self, batch, batch_idx):
-        loss = self._step(batch, training=True)
+        loss = self._step(batch, training=True, generators=self.step_generators("train", batch_idx))
         if not torch.isfinite(loss):
             self._bad_steps += 1
             if self._bad_steps >= self.max_bad_steps:
                 raise NonFiniteLossError(f"{self._bad_steps} consecutive non-finite losses at step "
                                          f"{self.global_step}; lower --lr or set --gradient_clip_val")
             warnings.warn(f"non-finite loss at step {self.global_step}: batch skipped")
-            return None  # Lightning skips the optimizer step
+            # no backward pass: the optimizer finds no gradients and leaves the weights as they are
+            # (Lightning still counts the step, which keeps every later step's seed as it was)
+            return None
         self._bad_steps = 0
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch[0].shape[0])
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss = self._step(batch, training=False)
+        loss = self._step(batch, training=False, generators=self.step_generators("valid", batch_idx))
         self.log("valid_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch[0].shape[0])
         # the EMA weights are swapped in for the whole validation epoch, so score them here
         if batch_idx == 0 and self.num_eval_files > 0 and self.trainer is not None and self.trainer.datamodule:

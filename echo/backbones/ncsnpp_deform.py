@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .ncsnpp_utils.layers import conv3x3, dense
 from .ncsnpp_utils.layerspp import (AttnBlockpp, GaussianFourierProjection, PyramidCombine,
                                     ResnetBlockBigGANpp, input_conv)
-from .ncsnpp_utils.normalization import group_norm
+from .ncsnpp_utils.normalization import group_norm, norm_act
 from .ncsnpp_utils import up_or_down_sampling as resample
 from .ncsnpp_utils.op import fused_bias_act
 from .ncsnpp_utils.utils import channels_to_complex, complex_to_channels
@@ -28,7 +28,19 @@ class NCSNppDeform(nn.Module):
     """Input [B, 2, F, T] complex (x_t, y) and t [B]; output [B, 1, F, T] complex.
 
     F and T must be divisible by ``downsampling_factor`` (2**(levels-1); 64 at paper size).
+
+    ``channels_last``: run the pass in channels-last memory format (True), in the plain layout
+    (False), or choose (None, the default): channels-last for CPU passes without autograd
+    (sampling, enhancement), the plain layout otherwise. It changes the memory layout of the
+    activations only, never the parameters or the state_dict. Measured on a 2-core AVX2 EPYC,
+    1 thread, paper size, T=256, CPU seconds (torch 2.13):
+      inference forward: 7.24 plain -> 6.78 channels-last (oneDNN convs, the depthwise FIR
+        resampling and GroupNorm are all faster on [N, H, W, C] memory);
+      forward + backward: 25.7 plain -> 49.0 channels-last (oneDNN's channels-last conv
+        backward is 2-3x slower than its plain one here), hence plain under autograd.
     """
+
+    channels_last = None
 
     @staticmethod
     def add_argparse_args(parser):
@@ -129,33 +141,46 @@ class NCSNppDeform(nn.Module):
             raise ValueError(f"spectrogram of {x.shape[-2]}x{x.shape[-1]} bins x frames: both must be "
                              f"divisible by {self.downsampling_factor}; pad the time axis first")
         h_in = complex_to_channels(x)
-        # first MLP layer: bias and SiLU in one op (a single CUDA kernel where the ops are built)
-        temb = F.linear(self.time_embed(torch.log(t)), self.time_dense_0.weight)
-        temb = self.time_dense_1(fused_bias_act(temb, self.time_dense_0.bias, act="silu"))
+        if self.uses_channels_last(h_in):
+            h_in = h_in.contiguous(memory_format=torch.channels_last)
+        act_temb = self.act(self.time_embedding(t))
 
         pyramid_in = h_in
         skips = [self.stem(h_in)]
         for level, stage in enumerate(self.down_levels):
             for blk, attn in zip(stage.blocks, stage.attn):
-                skips.append(attn(blk(skips[-1], temb)))
+                skips.append(attn(blk(skips[-1], act_temb=act_temb)))
             if level != self.num_levels - 1:
-                h = stage.downsample(skips[-1], temb)
+                h = stage.downsample(skips[-1], act_temb=act_temb)
                 pyramid_in = resample.downsample_2d(pyramid_in, self.fir_kernel, factor=2)
                 skips.append(stage.combine(pyramid_in, h))
 
-        h = self.mid_block_1(self.mid_attn(self.mid_block_0(skips[-1], temb)), temb)
+        h = self.mid_block_0(skips[-1], act_temb=act_temb)
+        h = self.mid_block_1(self.mid_attn(h), act_temb=act_temb)
 
         pyramid = None
         for stage in self.up_levels:
             for blk in stage.blocks:
-                h = blk(torch.cat([h, skips.pop()], dim=1), temb)
+                h = blk(torch.cat([h, skips.pop()], dim=1), act_temb=act_temb)
             h = stage.attn(h)
-            head = stage.pyramid_conv(self.act(stage.pyramid_norm(h)))
+            head = stage.pyramid_conv(norm_act(stage.pyramid_norm, self.act, h))
             pyramid = head if pyramid is None else resample.upsample_2d(pyramid, self.fir_kernel, factor=2) + head
             if hasattr(stage, "upsample"):
-                h = stage.upsample(h, temb)
+                h = stage.upsample(h, act_temb=act_temb)
         assert not skips
 
         if self.scale_by_sigma:
             pyramid = pyramid / t.reshape(-1, 1, 1, 1)
         return channels_to_complex(self.output_layer(pyramid))
+
+    def time_embedding(self, t):
+        """Fourier features of log t through the two-layer MLP (before the blocks' activation)."""
+        # first MLP layer: bias and SiLU in one op (a single CUDA kernel where the ops are built)
+        temb = F.linear(self.time_embed(torch.log(t)), self.time_dense_0.weight)
+        return self.time_dense_1(fused_bias_act(temb, self.time_dense_0.bias, act="silu"))
+
+    def uses_channels_last(self, h: torch.Tensor) -> bool:
+        """Whether this pass runs in channels-last memory format (see ``channels_last``)."""
+        if self.channels_last is None:
+            return h.device.type == "cpu" and not torch.is_grad_enabled()
+        return bool(self.channels_last)

@@ -17,6 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from echo.util.audio import check_writable_folder, write_audio_atomic
+
 SPLITS = ("train", "valid", "test")
 KINDS = ("clean", "noisy")
 MANIFEST_NAME = "manifest.csv"
@@ -43,7 +45,7 @@ def prepare_output_dir(out_dir, overwrite: bool = False) -> Path:
         for split in SPLITS:
             shutil.rmtree(out_dir / split, ignore_errors=True)
         (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(out_dir)  # creates it; a read-only place fails here, before any work
     return out_dir
 
 
@@ -51,6 +53,20 @@ def pair_paths(out_dir, split: str, name: str):
     """(clean path, noisy path) of the pair ``name`` (relative, with extension) in ``split``."""
     out_dir = Path(out_dir)
     return out_dir / split / "clean" / name, out_dir / split / "noisy" / name
+
+
+def write_pair_atomic(paths, signals, sr, subtype="PCM_16"):
+    """Write the clean and noisy file of a pair, each atomically, or neither: a lone clean file
+    would break the pairing of the data set."""
+    written = []
+    try:
+        for path, audio in zip(paths, signals):
+            write_audio_atomic(path, audio, sr, subtype=subtype)
+            written.append(Path(path))
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def write_manifest(out_dir, rows, fieldnames) -> Path:

@@ -26,9 +26,9 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from echo.data import SPLITS, OutputExistsError, pair_paths, prepare_output_dir, write_manifest
+from echo.data import SPLITS, OutputExistsError, pair_paths, prepare_output_dir, write_manifest, write_pair_atomic
 from echo.data.resample import read_mono
-from echo.util.audio import AudioError, audio_info, list_audio, write_audio_atomic
+from echo.util.audio import AudioError, audio_info, list_audio
 
 # SNR definition used by every tool in this package: the power of the *active* speech (20 ms
 # frames whose power is at most 40 dB below the loudest frame, so pauses do not dilute it)
@@ -241,6 +241,7 @@ def plan_dataset(speech_dir, noise_dir, counts, seed, split_noise):
         raise MixError(f"{speech_dir}: no .wav or .flac files found")
     if not noise_files:
         raise MixError(f"{noise_dir}: no .wav or .flac files found")
+    check_noise_files(noise_dir, noise_files)
     rng = np.random.default_rng([seed, _PLAN_STREAM])
     notes = []
     speech_by_split, note = split_by_group(speech_files, speaker_of, counts, rng, "speaker")
@@ -252,6 +253,16 @@ def plan_dataset(speech_dir, noise_dir, counts, seed, split_noise):
         noise_by_split = {split: list(noise_files) for split in SPLITS}
     return {"speech_files": speech_files, "noise_files": noise_files,
             "speech": speech_by_split, "noise": noise_by_split}, notes
+
+
+def check_noise_files(noise_dir, rel_paths):
+    """Every output may draw from every noise file, so an unreadable or empty one is a problem of
+    the whole run: refuse it here, in the main process and before anything is written, rather
+    than in every worker that opens it."""
+    for rel in rel_paths:
+        _rate, _channels, frames = audio_info(Path(noise_dir) / rel)
+        if frames == 0:
+            raise AudioError(f"{Path(noise_dir) / rel}: file holds no samples")
 
 
 def utterance_for(seed, split, index, utterances):
@@ -283,9 +294,7 @@ class _Worker:
         except MixError as err:
             raise MixError(f"{Path(o['speech_dir']) / rel}: {err}") from None
         name = f"{index:05d}_{Path(rel).stem}.wav"
-        clean_path, noisy_path = pair_paths(o["out_dir"], split, name)
-        write_audio_atomic(clean_path, clean, o["sr"], subtype="PCM_16")
-        write_audio_atomic(noisy_path, noisy, o["sr"], subtype="PCM_16")
+        write_pair_atomic(pair_paths(o["out_dir"], split, name), (clean, noisy), o["sr"])
         return {"split": split, "name": name, "speech": rel, "speaker": speaker_of(rel), **info}
 
 
@@ -298,15 +307,32 @@ def _init_worker(options):
 
 
 def _make_one(job):
-    return _worker.make(*job)
+    """``(row, None)``, or ``(None, one-line message)`` for an output that could not be made (an
+    unreadable speech file), so that it neither stops the other outputs nor the process pool."""
+    try:
+        return _worker.make(*job), None
+    except (AudioError, MixError) as err:
+        return None, str(err)
+
+
+def _collect(row, error, rows, failures):
+    if error is None:
+        rows.append(row)
+    elif failures is None:
+        raise MixError(error)
+    else:
+        failures.append(error)
 
 
 def make_dataset(speech_dir, noise_dir, out_dir, n_train=200, n_valid=20, n_test=20,
                  segment_seconds=0.0, sr=16000, snr_range=(0.0, 20.0), seed=0,
-                 split_noise=False, workers=1, overwrite=False, progress=False, log=print):
+                 split_noise=False, workers=1, overwrite=False, progress=False, log=print, failures=None):
     """Mix speech and noise into ``out_dir/{train,valid,test}/{clean,noisy}`` and
     ``out_dir/manifest.csv``; returns the manifest rows. Raises MixError, AudioError or
-    OutputExistsError with one-line messages."""
+    OutputExistsError with one-line messages.
+
+    ``failures``: a list that receives a one-line message for each output that could not be
+    made, while the others are; None: the first such output raises MixError."""
     counts = {"train": int(n_train), "valid": int(n_valid), "test": int(n_test)}
     check_options(counts, segment_seconds, sr, snr_range)
     plan, notes = plan_dataset(speech_dir, noise_dir, counts, seed, split_noise)
@@ -322,13 +348,13 @@ def make_dataset(speech_dir, noise_dir, out_dir, n_train=200, n_valid=20, n_test
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
                                  initargs=(options,)) as pool:
-            for row in pool.map(_make_one, jobs, chunksize=8):
-                rows.append(row)
+            for row, error in pool.map(_make_one, jobs, chunksize=8):
+                _collect(row, error, rows, failures)
                 bar.update()
     else:
         _init_worker(options)
         for job in jobs:
-            rows.append(_make_one(job))
+            _collect(*_make_one(job), rows, failures)
             bar.update()
     bar.close()
     write_manifest(out_dir, rows, MANIFEST_FIELDS)
@@ -395,17 +421,21 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     started = time.perf_counter()
+    failures = []
     try:
         rows = make_dataset(args.speech_dir, args.noise_dir, args.out_dir, args.n_train,
                             args.n_valid, args.n_test, args.segment_seconds, args.sr,
                             (args.snr_min, args.snr_max), args.seed, args.split_noise,
                             max(1, args.workers), args.overwrite, progress=not args.quiet,
-                            log=lambda text: print(text, file=sys.stderr))
+                            log=lambda text: print(text, file=sys.stderr), failures=failures)
     except (MixError, AudioError, OutputExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {len(rows)} pairs to {args.out_dir} in {time.perf_counter() - started:.1f} s")
-    return 0
+    for message in failures:
+        print(f"error: {message}", file=sys.stderr)
+    print(f"wrote {len(rows)} pairs to {args.out_dir} in {time.perf_counter() - started:.1f} s"
+          + (f"; {len(failures)} failed and are left out" if failures else ""))
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

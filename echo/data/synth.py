@@ -25,7 +25,7 @@ import numpy as np
 
 from echo.data import SPLITS, OutputExistsError, pair_paths, prepare_output_dir, write_manifest
 from echo.data.mix import noise_gain_for_snr
-from echo.util.audio import write_audio_atomic
+from echo.util.audio import AudioError, write_audio_atomic
 
 # F1, F2, F3 of adult vowels (Peterson & Barney averages), scaled per speaker below.
 VOWEL_FORMANTS_HZ = np.array([
@@ -440,7 +440,7 @@ def main(argv=None):
     try:
         out_dir = make_dataset(args.out_dir, args.n_train, args.n_valid, args.n_test, args.seconds,
                                args.sr, (args.snr_min, args.snr_max), args.seed, args.overwrite)
-    except (OutputExistsError, ValueError, OSError) as err:
+    except (OutputExistsError, AudioError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     total = args.n_train + args.n_valid + args.n_test

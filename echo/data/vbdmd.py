@@ -23,9 +23,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from echo.data import SPLITS, OutputExistsError, pair_paths, prepare_output_dir, write_manifest
+from echo.data import SPLITS, OutputExistsError, pair_paths, prepare_output_dir, write_manifest, write_pair_atomic
 from echo.data.resample import backend_name, read_mono, to_pcm16_range
-from echo.util.audio import AudioError, audio_info, pair_audio, write_audio_atomic
+from echo.util.audio import AudioError, audio_info, pair_audio
 
 TRAIN_FOLDERS = ("clean_trainset_28spk_wav", "noisy_trainset_28spk_wav")
 TEST_FOLDERS = ("clean_testset_wav", "noisy_testset_wav")
@@ -71,6 +71,8 @@ def plan_jobs(folders, valid_speakers):
     notes = []
     jobs = []
     train_pairs = pair_audio(*folders["train"])
+    if not train_pairs:
+        raise PrepareError(f"{folders['train'][0]}: no .wav files found")
     valid_speakers = set(valid_speakers)
     for key, clean, noisy in train_pairs:
         split = "valid" if speaker_of(key) in valid_speakers else "train"
@@ -90,32 +92,38 @@ def plan_jobs(folders, valid_speakers):
 
 
 def convert_pair(job, dst, sr):
-    """Resample one clean/noisy pair to ``sr`` and write it; returns its manifest row."""
+    """Resample one clean/noisy pair to ``sr`` and write it; returns its manifest row. Both files
+    are read before either is written, and a failed write removes its partner: a pair is
+    written whole or not at all (a lone clean file would break the pairing of the data set)."""
     split, name, clean_src, noisy_src = job
     source_sr, _channels, source_frames = audio_info(clean_src)
     noisy_sr, _channels, noisy_frames = audio_info(noisy_src)
     if (noisy_sr, noisy_frames) != (source_sr, source_frames):
         raise AudioError(f"{noisy_src}: {noisy_frames} samples at {noisy_sr} Hz, but its clean "
                          f"partner has {source_frames} at {source_sr} Hz")
-    clipped = 0
-    frames = 0
-    for src_path, dst_path in zip((clean_src, noisy_src), pair_paths(dst, split, name)):
-        audio, n_clipped = to_pcm16_range(read_mono(src_path, sr))
-        write_audio_atomic(dst_path, audio, sr, subtype="PCM_16")
-        clipped += n_clipped
-        frames = len(audio)
+    converted = [to_pcm16_range(read_mono(path, sr)) for path in (clean_src, noisy_src)]
+    write_pair_atomic(pair_paths(dst, split, name), [audio for audio, _ in converted], sr)
     return {"split": split, "name": name, "speaker": speaker_of(name), "source_sr": source_sr,
-            "source_frames": source_frames, "frames": frames, "clipped_samples": clipped}
+            "source_frames": source_frames, "frames": len(converted[0][0]),
+            "clipped_samples": sum(n_clipped for _, n_clipped in converted)}
 
 
 def _convert_star(args):
-    return convert_pair(*args)
+    """``(row, None)``, or ``(None, one-line message)`` for a pair that could not be converted,
+    so that one bad pair neither stops the others nor breaks the process pool."""
+    try:
+        return convert_pair(*args), None
+    except AudioError as err:
+        return None, str(err)
 
 
 def prepare(src, dst, valid_speakers=DEFAULT_VALID_SPEAKERS, sr=16000, workers=1,
-            overwrite=False, progress=True, log=print):
+            overwrite=False, progress=True, log=print, failures=None):
     """Convert the official folders below ``src`` into the layout in ``dst``; returns the
-    manifest rows. Raises PrepareError, OutputExistsError or AudioError (one-line messages)."""
+    manifest rows. Raises PrepareError, OutputExistsError or AudioError (one-line messages).
+
+    ``failures``: a list that receives a one-line message for each pair that could not be
+    converted, while the other pairs are; None: the first such pair raises AudioError."""
     folders = find_source_folders(src)
     jobs, notes = plan_jobs(folders, valid_speakers)
     for note in notes:
@@ -126,12 +134,13 @@ def prepare(src, dst, valid_speakers=DEFAULT_VALID_SPEAKERS, sr=16000, workers=1
     rows = []
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for row in pool.map(_convert_star, tasks, chunksize=16):
-                rows.append(row)
+            outcomes = pool.map(_convert_star, tasks, chunksize=16)
+            for row, error in outcomes:
+                _collect(row, error, rows, failures)
                 bar.update()
     else:
         for task in tasks:
-            rows.append(_convert_star(task))
+            _collect(*_convert_star(task), rows, failures)
             bar.update()
     bar.close()
     rows.sort(key=lambda row: (SPLITS.index(row["split"]), row["name"]))
@@ -141,6 +150,15 @@ def prepare(src, dst, valid_speakers=DEFAULT_VALID_SPEAKERS, sr=16000, workers=1
         log(f"note: {clipped} samples exceeded 16-bit full scale after resampling and were clipped "
             "(see clipped_samples in manifest.csv)")
     return rows
+
+
+def _collect(row, error, rows, failures):
+    if error is None:
+        rows.append(row)
+    elif failures is None:
+        raise AudioError(error)
+    else:
+        failures.append(error)
 
 
 def build_parser():
@@ -171,17 +189,21 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     started = time.perf_counter()
+    failures = []
     try:
         rows = prepare(args.src, args.dst, args.valid_speakers, args.sr, max(1, args.workers),
                        args.overwrite, progress=not args.quiet,
-                       log=lambda text: print(text, file=sys.stderr))
+                       log=lambda text: print(text, file=sys.stderr), failures=failures)
     except (PrepareError, OutputExistsError, AudioError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for message in failures:
+        print(f"error: {message}", file=sys.stderr)
     counts = {split: sum(row["split"] == split for row in rows) for split in SPLITS}
     print(f"wrote {counts['train']} train, {counts['valid']} valid, {counts['test']} test pairs at "
-          f"{args.sr} Hz to {args.dst} ({backend_name()}) in {time.perf_counter() - started:.1f} s")
-    return 0
+          f"{args.sr} Hz to {args.dst} ({backend_name()}) in {time.perf_counter() - started:.1f} s"
+          + (f"; {len(failures)} pair(s) failed and are left out" if failures else ""))
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Every script that touches audio goes through these functions, so that a bad file
 the same way everywhere (``AudioError``) instead of as a traceback from inside a library.
 """
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -11,6 +12,13 @@ import numpy as np
 import soundfile as sf
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
+# Temporary files of ``write_audio_atomic``: hidden (so no folder listing here takes them for
+# audio) and named after the writing process, so that a later run can tell the leftovers of a
+# killed run from the files another live run is still writing.
+PARTIAL_PREFIX = ".partial-"
+_PARTIAL_NAME = re.compile(re.escape(PARTIAL_PREFIX) + r"(\d+)-")
+# sample formats that can hold NaN or Inf
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
 
 
 class AudioError(Exception):
@@ -23,7 +31,15 @@ def list_audio(folder) -> list:
     if not folder.is_dir():
         raise AudioError(f"{folder}: folder does not exist")
     found = []
+    visited = set()
     for root, dirs, files in os.walk(folder, followlinks=True):
+        # a symlink to a folder above (a loop) would otherwise list the same files again and
+        # again, once per level, until the path gets too long
+        real = os.path.realpath(root)
+        if real in visited:
+            dirs.clear()
+            continue
+        visited.add(real)
         dirs.sort()
         for name in files:
             if name.lower().endswith(AUDIO_EXTENSIONS) and not name.startswith("."):
@@ -77,6 +93,17 @@ def audio_info(path):
     return info.samplerate, info.channels, info.frames
 
 
+def check_samples_finite(path):
+    """AudioError when a float file holds NaN or Inf samples; integer formats cannot, so only
+    their header is read."""
+    try:
+        info = sf.info(str(path))
+    except Exception as err:
+        raise AudioError(f"{path}: not a readable audio file ({_short(err)})") from None
+    if info.subtype in FLOAT_SUBTYPES:
+        read_audio(path)
+
+
 def read_audio(path, expected_sr=None, mono=False):
     """Read ``path`` as float32 ``[channels, samples]`` and its rate.
 
@@ -108,7 +135,7 @@ def write_audio_atomic(path, data, sr, subtype=None):
     data = np.asarray(data)
     if data.ndim == 2:
         data = data.T
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{os.getpid()}-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         fmt = "FLAC" if path.suffix.lower() == ".flac" else "WAV"
@@ -119,6 +146,56 @@ def write_audio_atomic(path, data, sr, subtype=None):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def remove_stale_partials(folder, suffixes=AUDIO_EXTENSIONS) -> list:
+    """Delete the temporary files (``.partial-<pid>-*`` ending in one of ``suffixes``) that
+    ``write_audio_atomic`` or a checkpoint writer left below ``folder`` when its process was
+    killed (SIGKILL, power loss); returns their paths. Files of a process that is still running
+    are kept, and so is everything not named like these temporary files."""
+    removed = []
+    if not Path(folder).is_dir():
+        return removed
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            if name.startswith(PARTIAL_PREFIX) and name.lower().endswith(tuple(suffixes)) \
+                    and not _writer_is_alive(name):
+                path = Path(root) / name
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+def _writer_is_alive(partial_name) -> bool:
+    match = _PARTIAL_NAME.match(partial_name)
+    if not match:
+        return False  # not of the pid-stamped naming: an older version's leftover
+    pid = int(match.group(1))
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError:
+        return False
+    return True
+
+
+def check_writable_folder(folder):
+    """Create ``folder`` if needed and prove that files can be created in it; AudioError (one
+    line, naming the folder) otherwise. Run before any work, so that a read-only output folder
+    fails the run at once instead of every file after its work is done."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{os.getpid()}-probe-", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise AudioError(f"{folder}: output folder is not writable ({err.strerror or type(err).__name__})") from None
 
 
 def _umask():

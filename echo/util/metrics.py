@@ -52,7 +52,7 @@ def as_mono(signal, what="signal"):
     if hasattr(signal, "detach"):  # torch tensor (any dtype or device); torch is not imported here
         signal = signal.detach().float().cpu().numpy()
     array = np.asarray(signal, dtype=np.float64)
-    array = np.squeeze(array)
+    array = np.atleast_1d(np.squeeze(array))  # a one-sample file stays a signal of length 1
     if array.ndim != 1:
         raise ValueError(f"{what}: expected a mono signal, got shape {np.shape(signal)}")
     return array
@@ -187,10 +187,18 @@ def pesq_wb(ref, deg, sr, notes=None):
         return math.nan
 
 
+# pystoi works at 10 kHz in 256-sample frames with 50 % overlap and needs 30 of them: shorter
+# signals cannot be scored, and pystoi fails outright on signals shorter than one frame
+STOI_MIN_SECONDS = 31 * 128 / 10000
+
+
 def _pystoi(clean, processed, sr, extended, notes):
     name = "ESTOI" if extended else "STOI"
     clean = as_mono(clean, "clean")
     processed = as_mono(processed, "processed")
+    if len(clean) < STOI_MIN_SECONDS * sr:
+        _add_note(notes, f"{name} not computed: the signal is shorter than {STOI_MIN_SECONDS:.2f} s")
+        return math.nan
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         value = float(pystoi_stoi(clean, processed, sr, extended=extended))

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .layers import default_init
+from .utils import is_channels_last
 
 IntPair = Union[int, Tuple[int, int]]
 
@@ -156,6 +157,16 @@ def _grouped_matmul(columns: torch.Tensor, weight: torch.Tensor, bias: Optional[
     return out.view(batch, out_channels, length)
 
 
+def _matmul_positions_major(columns: torch.Tensor, weight: torch.Tensor,
+                            bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """columns [B, K, L] and weight [O, K] -> [B, L, O] (output channels innermost)."""
+    batch = columns.shape[0]
+    weight_t = weight.t().expand(batch, -1, -1)
+    if bias is None:
+        return torch.bmm(columns.transpose(1, 2), weight_t)
+    return torch.baddbmm(bias.reshape(1, 1, -1), columns.transpose(1, 2), weight_t)
+
+
 def deform_conv2d_torch(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
                         bias: Optional[torch.Tensor] = None, stride: IntPair = 1, padding: IntPair = 0,
                         dilation: IntPair = 1, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -180,6 +191,11 @@ def deform_conv2d_torch(input: torch.Tensor, offset: torch.Tensor, weight: torch
     # [B*G, C/G, taps*Ho, Wo] is laid out as [B, C*taps, Ho*Wo] with channel-major (c, tap)
     # order, the same order as weight.view(O, C/groups * taps); no copy is needed.
     columns = sampled.view(batch, channels * taps, out_hw[0] * out_hw[1])
+    if groups == 1 and is_channels_last(input):
+        # like F.conv2d, answer in the input's memory format, so that a channels-last network
+        # stays channels-last; the matmul simply writes its transposed product
+        out = _matmul_positions_major(columns, weight.reshape(out_channels, -1), bias)
+        return out.view(batch, *out_hw, out_channels).permute(0, 3, 1, 2)
     out = _grouped_matmul(columns, weight.reshape(out_channels, -1), bias, groups)
     return out.view(batch, out_channels, *out_hw)
 

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from . import up_or_down_sampling as resample
 from .deform_conv import ModulatedDeformConv2d
 from .layers import conv1x1, conv3x3, default_init, init_conv_
-from .normalization import group_norm
-from .utils import residual_sum
+from .normalization import group_norm, norm_act
+from .utils import is_channels_last, residual_sum
 
 
 class GaussianFourierProjection(nn.Module):
@@ -43,7 +43,8 @@ class PyramidCombine(nn.Module):
         self.Conv_0 = input_conv(pyramid_ch, channels, 1, deform, zero_init_offsets=zero_init_offsets)
 
     def forward(self, pyramid, h):
-        return self.Conv_0(pyramid) + h
+        # h first: the sum takes the memory format of its first operand (and the same bits)
+        return h + self.Conv_0(pyramid)
 
 
 class AttnBlockpp(nn.Module):
@@ -59,11 +60,22 @@ class AttnBlockpp(nn.Module):
 
     def forward(self, x):
         b, c, hgt, wid = x.shape
-        qkv = self.qkv(self.GroupNorm_0(x)).reshape(b, 3, c, hgt * wid).transpose(-1, -2)
+        q, k, v = positions_by_channels(self.qkv(self.GroupNorm_0(x))).unflatten(-1, (3, c)).unbind(-2)
         # the fused kernel never materialises the (FT x FT) weight matrix in memory
-        h = F.scaled_dot_product_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2])
-        h = self.proj_out(h.transpose(-1, -2).reshape(b, c, hgt, wid))
+        h = F.scaled_dot_product_attention(q, k, v)
+        h = self.proj_out(image_from_positions(h, hgt, wid, like=x))
         return residual_sum(x, h, self.skip_rescale)
+
+
+def positions_by_channels(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, H*W, C]: a view when x is channels-last, one copy otherwise."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
+
+
+def image_from_positions(h: torch.Tensor, hgt: int, wid: int, like: torch.Tensor) -> torch.Tensor:
+    """[B, H*W, C] -> [B, C, H, W] in the memory format of ``like`` (a view for channels-last)."""
+    image = h.reshape(h.shape[0], hgt, wid, h.shape[-1]).permute(0, 3, 1, 2)
+    return image if is_channels_last(like) else image.contiguous()
 
 
 class ResnetBlockBigGANpp(nn.Module):
@@ -97,13 +109,28 @@ class ResnetBlockBigGANpp(nn.Module):
             return resample.downsample_2d(x, self.fir_kernel, factor=2)
         return x
 
-    def forward(self, x, temb=None):
-        h = self._resample(self.act(self.GroupNorm_0(x)))
+    def forward(self, x, temb=None, act_temb=None):
+        """``act_temb`` = act(temb) when the caller has it already: the network computes it once
+        per pass instead of once in each of its ~30 blocks."""
+        if act_temb is None and temb is not None:
+            act_temb = self.act(temb)
+        h = self._resample(norm_act(self.GroupNorm_0, self.act, x))
         x = self._resample(x)
-        h = self.Conv_0(h)
-        if self.Dense_0 is not None and temb is not None:
-            h = h + self.Dense_0(self.act(temb))[:, :, None, None]
-        h = self.Conv_1(self.Dropout_0(self.act(self.GroupNorm_1(h))))
+        h = self._conv_plus_time_shift(h, act_temb)
+        h = self.Conv_1(self.Dropout_0(norm_act(self.GroupNorm_1, self.act, h)))
         if self.Conv_2 is not None:
             x = self.Conv_2(x)
         return residual_sum(x, h, self.skip_rescale)
+
+    def _conv_plus_time_shift(self, h, act_temb):
+        """Conv_0(h) + Dense_0(act(temb)) per channel."""
+        if self.Dense_0 is None or act_temb is None:
+            return self.Conv_0(h)
+        shift = self.Dense_0(act_temb)
+        if h.shape[0] == 1:
+            # one example (enhancement, batch-1 training): the shift is a per-channel constant,
+            # so it joins the conv's bias instead of costing a pass over the output
+            bias = shift[0] if self.Conv_0.bias is None else self.Conv_0.bias + shift[0]
+            return self.Conv_0._conv_forward(h, self.Conv_0.weight, bias)
+        # the conv's backward does not need its output, so adding in place is autograd-safe
+        return self.Conv_0(h).add_(shift[:, :, None, None])

@@ -1,0 +1,659 @@
+#!/usr/bin/env python
+"""Speed and memory of the ECHO backbone and pipeline, measured in one process on one device.
+
+    python benchmarks/bench.py [--device auto|cpu|cuda] [--only fwd,train,...] [--skip ...]
+                               [--quick] [--threads auto|N] [--no-thp] [--out PATH]
+
+Prints a table and writes JSON (default benchmarks/results/latest.json, replaced atomically;
+parts not run are null with the reason under "notes"). Parts:
+
+  fwd      conv ceiling and the paper-size ncsnpp_deform forward pass at T=256 frames,
+           interleaved round by round so that both see the same machine load:
+           ceiling_conv_gflops, fwd_gflop, fwd_s, fwd_fraction_of_conv_ceiling
+  bf16     fwd_s_bf16 and bf16_max_abs_diff under bfloat16 autocast, at T=256 where a bf16
+           path pays (CUDA, CPUs with bf16 units); otherwise null with the reason, and a cheap
+           probe (one conv, a 64-frame forward) under bf16_probe
+  train    train_step_s: one paper-size training step at batch 1 (ScoreModel loss, backward,
+           the model's Adam, the EMA update of echo.ema)
+  enh      enh_rtf: enhance_audio of a real ~2.5 s 16 kHz file with the paper-size model
+           (random weights) and the SDE's default sampler (N=20); wall seconds per audio second
+  rss      enh_peak_rss_mb_10s, enh_peak_rss_mb_60s: peak resident memory of fresh processes
+           that build the paper-size model and enhance a 10 s / 60 s file (N=1, default chunking)
+  metrics  metrics_files_per_s_w1, metrics_files_per_s_w2: calc_metrics.py with 1 and 2 worker
+           processes on 24 VB-DMD test files (noisy scored as enhanced); timed from its own
+           run_info "seconds" (pairing + scoring, interpreter start-up and imports excluded)
+
+The ceiling is a 128->128 3x3 convolution on [1, 128, 256, 256] in float32, in whichever memory
+format (plain or channels-last) is faster here: the best this machine does on the network's
+dominant layer. FLOPs are counted by torch.utils.flop_counter.FlopCounterMode (2 per
+multiply-add) over one forward pass with the pure-PyTorch deformable convolution, whose
+offset/mask convs and column matmuls are ordinary aten ops and so are counted (torchvision's
+deform_conv2d would not be, so the count forces the pure path); the depthwise FIR resampling
+convs and the attention matmuls are counted; elementwise ops, GroupNorm, softmax and the
+bilinear gathers are not. The ceiling conv is counted the same way.
+
+On a shared machine the numbers move with the load of other jobs: the load average is recorded
+at the start of every part, medians are reported, and --threads auto uses only the cores other
+jobs leave free (with a busy OpenMP team, every parallel region waits for a descheduled thread).
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __name__ == "__main__" and "--no-thp" not in sys.argv:
+    # Transparent huge pages for large CPU tensors: read by torch at its first allocation, so it
+    # must be set before torch is imported. Each new activation tensor is otherwise faulted in
+    # 4 KiB page by page; measured on this 2-core VM, paper-size forward, 1 thread, CPU seconds:
+    # 9.27 -> 7.47 (the reference code), 7.52 -> 6.78 (the optimised code).
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "latest.json"
+SHARED_DATA = REPO.parent / "shared" / "data"
+VBDMD_TEST = SHARED_DATA / "vbdmd_test"
+PARTS = ("fwd", "bf16", "train", "enh", "rss", "metrics")
+SAMPLE_RATE = 16000
+FWD_FRAMES = 256
+CEILING_SHAPE = (1, 128, 256, 256)  # the conv of the first level: 128 -> 128 channels, 3x3
+
+# Reference implementation, measured earlier on this machine: training step at batch 1 took
+# 10.1 s when the ceiling conv ran at 384 GFLOP/s.
+REFERENCE_TRAIN_STEP_S = 10.1
+REFERENCE_CEILING_GFLOPS = 384.0
+TARGETS = dict(fwd_fraction=0.77, train_speedup=1.6, rss_growth=1.3, rss_limit_mb=3000.0,
+               metrics_scaling=1.7)
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments and environment
+# --------------------------------------------------------------------------------------------
+
+def build_parser():
+    parser = argparse.ArgumentParser(description="Benchmark the ECHO backbone and pipeline.")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--only", default=None, help=f"comma-separated parts to run ({','.join(PARTS)})")
+    parser.add_argument("--skip", default="", help="comma-separated parts to leave out")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repetitions, 12 metric files, no bf16 probe forward")
+    parser.add_argument("--threads", default="auto",
+                        help="intra-op CPU threads: a number, or auto = the cores not busy with "
+                             "other jobs at start (1-minute load average), at least 1")
+    parser.add_argument("--no-thp", action="store_true",
+                        help="do not set THP_MEM_ALLOC_ENABLE=1 (transparent huge pages for CPU tensors)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"JSON output (default {DEFAULT_OUT})")
+    parser.add_argument("--rss-child", type=float, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def selected_parts(args):
+    parts = PARTS if not args.only else tuple(p.strip() for p in args.only.split(",") if p.strip())
+    skipped = {p.strip() for p in args.skip.split(",") if p.strip()}
+    unknown = (set(parts) | skipped) - set(PARTS)
+    if unknown:
+        raise SystemExit(f"bench: unknown part(s) {', '.join(sorted(unknown))}; known: {', '.join(PARTS)}")
+    return [p for p in PARTS if p in parts and p not in skipped]
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench: --device cuda but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def threads_for(setting, load_at_start):
+    """``auto``: the cores left free by other jobs. With 2 cores and a load of 5, a 2-thread
+    OpenMP team waits at every barrier for a thread the scheduler has parked; measured here,
+    paper-size forward at load ~6: 10.3 s wall with 1 thread, 15-28 s with 2."""
+    cores = os.cpu_count() or 1
+    if setting != "auto":
+        return max(1, int(setting))
+    return max(1, min(cores, cores - round(load_at_start)))
+
+
+def git_commit():
+    def run(*cmd):
+        result = subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    commit = run("rev-parse", "HEAD")
+    dirty = run("status", "--porcelain", "--untracked-files=no")
+    return None if commit is None else commit + ("+dirty" if dirty else "")
+
+
+def load_average():
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+# --------------------------------------------------------------------------------------------
+# Timing helpers
+# --------------------------------------------------------------------------------------------
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device):
+    """(wall seconds, process CPU seconds, result) of one call."""
+    synchronize(device)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    result = fn()
+    synchronize(device)
+    return time.perf_counter() - wall0, time.process_time() - cpu0, result
+
+
+def median_wall(fn, device, repeats):
+    return statistics.median(timed(fn, device)[0] for _ in range(repeats))
+
+
+def conv_flops(shape, out_channels, kernel):
+    batch, channels, height, width = shape
+    return 2 * batch * out_channels * channels * kernel * kernel * height * width
+
+
+# --------------------------------------------------------------------------------------------
+# Models and inputs
+# --------------------------------------------------------------------------------------------
+
+def paper_backbone(device):
+    from echo.backbones import NCSNppDeform
+
+    torch.manual_seed(0)
+    return NCSNppDeform().to(device).eval()
+
+
+def paper_model(device):
+    """ScoreModel with the paper-size backbone and random weights."""
+    from echo.model import ScoreModel
+
+    torch.manual_seed(0)
+    return ScoreModel().to(device)
+
+
+def backbone_input(device, frames, batch=1):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 2, 256, frames, dtype=torch.complex64, generator=generator)
+    return x.to(device), torch.full((batch,), 0.5, device=device)
+
+
+def count_forward_flops(net, x, t):
+    """FLOPs of one forward pass; see the module docstring for what is counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from echo.backbones.ncsnpp_utils import deform_conv
+
+    previous = deform_conv.backend()
+    deform_conv.set_backend("torch")
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            net(x, t)
+    finally:
+        deform_conv.set_backend(previous)
+    return counter.get_total_flops()
+
+
+# --------------------------------------------------------------------------------------------
+# Part: conv ceiling and forward pass
+# --------------------------------------------------------------------------------------------
+
+class CeilingConv:
+    """The reference convolution in both memory formats; ``gflops()`` is the faster one."""
+
+    def __init__(self, device, dtype=torch.float32):
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(CEILING_SHAPE, generator=generator).to(device, dtype)
+        self.weight = (torch.randn(128, 128, 3, 3, generator=generator) * 0.03).to(device, dtype)
+        self.bias = torch.zeros(128, device=device, dtype=dtype)
+        self.inputs = {"contiguous": x, "channels_last": x.contiguous(memory_format=torch.channels_last)}
+        self.device = device
+        self.flops = conv_flops(CEILING_SHAPE, 128, 3)
+
+    def gflops_by_format(self, repeats=3):
+        with torch.inference_mode():
+            return {name: self.flops / median_wall(lambda: torch.nn.functional.conv2d(
+                        x, self.weight, self.bias, padding=1), self.device, repeats) / 1e9
+                    for name, x in self.inputs.items()}
+
+    def gflops(self, repeats=3):
+        return max(self.gflops_by_format(repeats).values())
+
+
+def bench_forward(device, quick):
+    rounds = 2 if quick else 3
+    net = paper_backbone(device)
+    x, t = backbone_input(device, FWD_FRAMES)
+    flops = count_forward_flops(net, x, t)
+    ceiling = CeilingConv(device)
+    with torch.inference_mode():
+        net(x, t)  # warm-up: oneDNN primitives, allocator
+    ceiling_by_format = ceiling.gflops_by_format()
+    ceilings, walls, cpus = [], [], []
+    for _ in range(rounds):
+        ceilings.append(ceiling.gflops())
+        with torch.inference_mode():
+            wall, cpu, _ = timed(lambda: net(x, t), device)
+        walls.append(wall)
+        cpus.append(cpu)
+    fwd_s, ceiling_gflops = statistics.median(walls), statistics.median(ceilings)
+    fraction = flops / fwd_s / 1e9 / ceiling_gflops
+    per_round = [flops / w / 1e9 / c for w, c in zip(walls, ceilings)]
+    return {
+        "ceiling_conv_gflops": round(ceiling_gflops, 1),
+        "fwd_gflop": round(flops / 1e9, 1),
+        "fwd_s": round(fwd_s, 3),
+        "fwd_fraction_of_conv_ceiling": round(fraction, 3),
+        "details": {"fwd": {
+            "fwd_gflops": round(flops / fwd_s / 1e9, 1),
+            "fwd_s_rounds": [round(w, 3) for w in walls],
+            "fwd_cpu_s_rounds": [round(c, 3) for c in cpus],
+            "ceiling_gflops_rounds": [round(c, 1) for c in ceilings],
+            "ceiling_gflops_by_format_at_start": {k: round(v, 1) for k, v in ceiling_by_format.items()},
+            "fraction_rounds": [round(f, 3) for f in per_round],
+            "frames": FWD_FRAMES,
+            "activation_memory_format": "channels_last" if net.uses_channels_last(x.real) else "contiguous",
+        }},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Part: bfloat16
+# --------------------------------------------------------------------------------------------
+
+def bf16_pays(device):
+    """bf16 is worth timing at full size only where the hardware has bf16 arithmetic."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def bf16_forward(net, x, t, device):
+    """(wall seconds, max |bf16 - fp32| of the output, max |fp32 output|)."""
+    with torch.inference_mode():
+        reference = net(x, t)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            net(x, t)  # warm-up
+            wall, _, out = timed(lambda: net(x, t), device)
+    diff = (out.to(reference.dtype) - reference).abs().max().item()
+    return wall, diff, reference.abs().max().item()
+
+
+def bench_bf16(device, quick):
+    net = paper_backbone(device)
+    if bf16_pays(device):
+        x, t = backbone_input(device, FWD_FRAMES)
+        wall, diff, scale = bf16_forward(net, x, t, device)
+        return {"fwd_s_bf16": round(wall, 3), "bf16_max_abs_diff": diff,
+                "details": {"bf16": {"output_max_abs": scale, "relative_diff": diff / scale}}}
+
+    fp32 = CeilingConv(device).gflops(repeats=1)
+    bf16 = CeilingConv(device, torch.bfloat16).gflops(repeats=1)
+    probe = {"conv_gflops_fp32": round(fp32, 1), "conv_gflops_bf16": round(bf16, 1)}
+    if not quick:
+        frames = 64
+        x, t = backbone_input(device, frames)
+        with torch.inference_mode():
+            net(x, t)
+            fp32_s = timed(lambda: net(x, t), device)[0]
+        wall, diff, scale = bf16_forward(net, x, t, device)
+        probe.update(frames=frames, fwd_s_fp32=round(fp32_s, 3), fwd_s_bf16=round(wall, 3), max_abs_diff=diff,
+                     output_max_abs=scale, relative_diff=diff / scale)
+    reason = (f"no bf16 path pays on this {device.type}: no bf16 arithmetic units (oneDNN bf16 "
+              f"unsupported); the 3x3 conv runs at {probe['conv_gflops_bf16']} GFLOP/s in bf16 vs "
+              f"{probe['conv_gflops_fp32']} in fp32 (bf16_probe has the measured forward)")
+    return {"fwd_s_bf16": None, "bf16_max_abs_diff": None,
+            "notes": {"fwd_s_bf16": reason, "bf16_max_abs_diff": reason},
+            "details": {"bf16_probe": probe}}
+
+
+# --------------------------------------------------------------------------------------------
+# Part: training step
+# --------------------------------------------------------------------------------------------
+
+def ema_averaged_model(model):
+    """The weight average of echo.ema.EMA, updated the way its Lightning callback does."""
+    from torch.optim.swa_utils import AveragedModel
+    from echo.ema import EMA
+
+    callback = EMA(decay=model.hparams.get("ema_decay", 0.999))
+    return AveragedModel(model, multi_avg_fn=callback._kwargs["multi_avg_fn"], use_buffers=False)
+
+
+def training_batch(device, frames):
+    generator = torch.Generator().manual_seed(1)
+    clean = 0.3 * torch.randn(1, 1, 256, frames, dtype=torch.complex64, generator=generator)
+    noise = 0.3 * torch.randn(1, 1, 256, frames, dtype=torch.complex64, generator=generator)
+    return clean.to(device), (clean + noise).to(device)
+
+
+def bench_train(device, quick):
+    model = paper_model(device).train()
+    optimizer = model.configure_optimizers()
+    averaged = ema_averaged_model(model)
+    batch = training_batch(device, int(model.hparams.get("num_frames", FWD_FRAMES)))
+
+    def step():
+        loss = model._step(batch, training=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        averaged.update_parameters(model)
+        return loss
+
+    timed(step, device)  # warm-up: Adam's state, oneDNN primitives
+    walls = [timed(step, device)[0] for _ in range(1 if quick else 2)]
+    return {"train_step_s": round(statistics.median(walls), 3),
+            "details": {"train": {"step_s_runs": [round(w, 3) for w in walls], "batch": 1,
+                                  "frames": batch[0].shape[-1], "optimizer": type(optimizer).__name__}}}
+
+
+# --------------------------------------------------------------------------------------------
+# Part: enhancement speed
+# --------------------------------------------------------------------------------------------
+
+def read_mono(path):
+    import soundfile as sf
+
+    audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    return audio.mean(axis=1), sr
+
+
+def vbdmd_noisy_files():
+    folder = VBDMD_TEST / "noisy"
+    return sorted(folder.glob("*.wav")) if folder.is_dir() else []
+
+
+def pick_enhancement_file(target_seconds=2.5):
+    """The VB-DMD test file closest to ``target_seconds`` (among 2-3 s), or a synthetic one."""
+    import soundfile as sf
+
+    candidates = [(abs(sf.info(str(p)).duration - target_seconds), p) for p in vbdmd_noisy_files()]
+    candidates = [c for c in candidates if c[0] <= 0.5]
+    if candidates:
+        path = min(candidates)[1]
+        audio, sr = read_mono(path)
+        return audio, sr, path.name
+    return synthetic_audio(target_seconds), SAMPLE_RATE, f"synthetic {target_seconds} s"
+
+
+def synthetic_audio(seconds, seed=0):
+    """Speech-like test audio from echo.data.synth (noisy mixture), any length."""
+    from echo.data.synth import make_dataset
+
+    with tempfile.TemporaryDirectory() as folder:
+        root = make_dataset(Path(folder) / "synth", n_train=0, n_valid=0, n_test=1, seconds=seconds, seed=seed)
+        audio, _ = read_mono(next((root / "test" / "noisy").glob("*.wav")))
+    return audio
+
+
+def bench_enhancement(device, quick):
+    from echo.enhance import enhance_audio
+    from echo.sampling import sampler_defaults
+
+    model = paper_model(device).eval()
+    audio, sr, name = pick_enhancement_file()
+    stats = {}
+    wall, _, _ = timed(lambda: enhance_audio(model, audio, sr, stats=stats), device)
+    seconds = len(audio) / sr
+    frames = model.spectrogram.frames_for_samples(len(audio))
+    return {"enh_rtf": round(wall / seconds, 3),
+            "details": {"enh": {"file": name, "audio_s": round(seconds, 3), "wall_s": round(wall, 2),
+                                "frames": frames, "padded_frames": -(-frames // model.frames_multiple) * model.frames_multiple,
+                                "N": sampler_defaults(model.sde)["N"], "nfe": stats.get("nfe")}}}
+
+
+# --------------------------------------------------------------------------------------------
+# Part: peak memory of enhancing long files (fresh processes)
+# --------------------------------------------------------------------------------------------
+
+def long_test_audio(seconds):
+    """Real VB-DMD noisy speech, files joined end to end, cut to ``seconds``; synthetic without data."""
+    needed = int(round(seconds * SAMPLE_RATE))
+    pieces, total = [], 0
+    for path in vbdmd_noisy_files():
+        audio, sr = read_mono(path)
+        if sr != SAMPLE_RATE:
+            continue
+        pieces.append(audio)
+        total += len(audio)
+        if total >= needed:
+            return np.concatenate(pieces)[:needed]
+    return synthetic_audio(seconds)[:needed]
+
+
+def rss_child(seconds, device):
+    """Runs in a fresh process: build the paper-size model, enhance ``seconds`` of audio (N=1,
+    default chunking), print a JSON line."""
+    from echo.enhance import enhance_audio
+
+    model = paper_model(device).eval()
+    audio = long_test_audio(seconds)
+    stats = {}
+    wall, _, _ = timed(lambda: enhance_audio(model, audio, SAMPLE_RATE, sampler_kwargs={"N": 1}, stats=stats),
+                       device)
+    report = {"seconds": seconds, "wall_s": round(wall, 2), "chunks": stats.get("chunks"),
+              "self_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if device.type == "cuda":
+        report["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    print(json.dumps(report), flush=True)
+
+
+def bench_rss(device, threads):
+    """Both files at once, each in its own process: peak RSS is per process (wait4), and the
+    wall times are not the point of this part."""
+    children = {}
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for seconds in (10, 60):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-child", str(seconds),
+               "--device", device.type, "--threads", "1"]
+        children[seconds] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    results, runs = {}, {}
+    for seconds, child in children.items():
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out, err = child.stdout.read(), child.stderr.read()
+        if child.returncode != 0:
+            raise RuntimeError(f"enhancing {seconds} s failed: {err.strip().splitlines()[-1:]}")
+        results[f"enh_peak_rss_mb_{seconds}s"] = round(usage.ru_maxrss / 1024, 1)
+        runs[f"{seconds}s"] = json.loads(out.strip().splitlines()[-1])
+    return {**results, "details": {"rss": runs}}
+
+
+# --------------------------------------------------------------------------------------------
+# Part: metric throughput
+# --------------------------------------------------------------------------------------------
+
+def metric_files(count):
+    """(clean dir, noisy dir) holding ``count`` pairs: VB-DMD test files, or synthetic ones."""
+    clean, noisy = VBDMD_TEST / "clean", VBDMD_TEST / "noisy"
+    if clean.is_dir() and noisy.is_dir():
+        names = sorted(p.name for p in noisy.glob("*.wav") if (clean / p.name).exists())[:count]
+        return clean, noisy, names, "vbdmd_test"
+    from echo.data.synth import make_dataset
+
+    root = make_dataset(Path(tempfile.mkdtemp()) / "synth", n_train=0, n_valid=0, n_test=count, seconds=3.0)
+    names = sorted(p.name for p in (root / "test" / "noisy").glob("*.wav"))
+    return root / "test" / "clean", root / "test" / "noisy", names, "synthetic"
+
+
+def link_files(names, source, folder):
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / name).symlink_to(source / name)
+    return folder
+
+
+def calc_metrics_seconds(folder, workers):
+    """Seconds calc_metrics.py itself reports for pairing and scoring (no start-up)."""
+    out = folder / f"out_w{workers}"
+    cmd = [sys.executable, str(REPO / "calc_metrics.py"), "--clean_dir", str(folder / "clean"),
+           "--noisy_dir", str(folder / "noisy"), "--enhanced_dir", str(folder / "enhanced"),
+           "--output_dir", str(out), "--workers", str(workers)]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"calc_metrics.py failed: {result.stderr.strip().splitlines()[-1:]}")
+    return json.loads((out / "_run_info.json").read_text())["seconds"]
+
+
+def bench_metrics(quick):
+    count = 12 if quick else 24
+    clean, noisy, names, source = metric_files(count)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        link_files(names, clean, folder / "clean")
+        link_files(names, noisy, folder / "noisy")
+        link_files(names, noisy, folder / "enhanced")  # noisy scored as the enhanced output
+        seconds = {w: calc_metrics_seconds(folder, w) for w in (1, 2)}
+    rates = {w: len(names) / s for w, s in seconds.items()}
+    return {"metrics_files_per_s_w1": round(rates[1], 3), "metrics_files_per_s_w2": round(rates[2], 3),
+            "details": {"metrics": {"files": len(names), "source": source,
+                                    "seconds": {f"w{w}": s for w, s in seconds.items()}}}}
+
+
+# --------------------------------------------------------------------------------------------
+# Targets, report
+# --------------------------------------------------------------------------------------------
+
+RESULT_KEYS = ("ceiling_conv_gflops", "fwd_gflop", "fwd_s", "fwd_fraction_of_conv_ceiling", "fwd_s_bf16",
+               "bf16_max_abs_diff", "train_step_s", "enh_rtf", "enh_peak_rss_mb_10s", "enh_peak_rss_mb_60s",
+               "metrics_files_per_s_w1", "metrics_files_per_s_w2")
+PART_KEYS = {"fwd": RESULT_KEYS[:4], "bf16": RESULT_KEYS[4:6], "train": ("train_step_s",), "enh": ("enh_rtf",),
+             "rss": RESULT_KEYS[8:10], "metrics": RESULT_KEYS[10:12]}
+
+
+def train_step_target_s(ceiling_gflops):
+    """The reference step time carried over to this machine's speed (time scales inversely with
+    the ceiling: a machine half as fast takes twice as long), then divided by the wanted speed-up."""
+    return REFERENCE_TRAIN_STEP_S * (REFERENCE_CEILING_GFLOPS / ceiling_gflops) / TARGETS["train_speedup"]
+
+
+def evaluate_targets(r):
+    """[(name, measured, wanted, holds or None when not measured)]."""
+    def known(*keys):
+        return all(r.get(k) is not None for k in keys)
+
+    rows = []
+    fraction = r.get("fwd_fraction_of_conv_ceiling")
+    rows.append(("fwd fraction of conv ceiling", fraction, f">= {TARGETS['fwd_fraction']}",
+                 fraction >= TARGETS["fwd_fraction"] if known("fwd_fraction_of_conv_ceiling") else None))
+    if known("train_step_s", "ceiling_conv_gflops"):
+        limit = train_step_target_s(r["ceiling_conv_gflops"])
+        rows.append(("train step s", r["train_step_s"],
+                     f"<= {limit:.2f} (10.1 x 384/{r['ceiling_conv_gflops']} / 1.6)", r["train_step_s"] <= limit))
+    else:
+        rows.append(("train step s", r.get("train_step_s"), "<= 10.1 x 384/ceiling / 1.6", None))
+    if known("enh_peak_rss_mb_10s", "enh_peak_rss_mb_60s"):
+        short, long_ = r["enh_peak_rss_mb_10s"], r["enh_peak_rss_mb_60s"]
+        holds = long_ <= TARGETS["rss_growth"] * short and max(short, long_) < TARGETS["rss_limit_mb"]
+        rows.append(("peak RSS 60 s / 10 s (MB)", f"{long_} / {short} = {long_ / short:.2f}",
+                     "ratio <= 1.3, both < 3000", holds))
+    else:
+        rows.append(("peak RSS 60 s / 10 s (MB)", None, "ratio <= 1.3, both < 3000", None))
+    if known("metrics_files_per_s_w1", "metrics_files_per_s_w2"):
+        ratio = r["metrics_files_per_s_w2"] / r["metrics_files_per_s_w1"]
+        rows.append(("metrics w2 / w1", round(ratio, 2), f">= {TARGETS['metrics_scaling']}",
+                     ratio >= TARGETS["metrics_scaling"]))
+    else:
+        rows.append(("metrics w2 / w1", None, f">= {TARGETS['metrics_scaling']}", None))
+    return rows
+
+
+def print_report(results, target_rows):
+    print()
+    print(f"ECHO benchmark  device={results['device']}  torch={results['torch_version']}  "
+          f"threads={results['threads']}  load at start={results['load_average_start']}  "
+          f"commit={results['git_commit']}")
+    width = max(len(k) for k in RESULT_KEYS)
+    for key in RESULT_KEYS:
+        value = results.get(key)
+        note = results["notes"].get(key, "")
+        print(f"  {key:<{width}}  {'-' if value is None else value!s:>12}  {note[:90]}")
+    print("targets:")
+    for name, value, wanted, holds in target_rows:
+        verdict = {True: "holds", False: "MISSED", None: "not measured"}[holds]
+        print(f"  {name:<28} {'-' if value is None else value!s:>24}  {wanted:<44} {verdict}")
+
+
+def write_json_atomic(path, payload):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def run_part(part, device, args, threads):
+    if part == "fwd":
+        return bench_forward(device, args.quick)
+    if part == "bf16":
+        return bench_bf16(device, args.quick)
+    if part == "train":
+        return bench_train(device, args.quick)
+    if part == "enh":
+        return bench_enhancement(device, args.quick)
+    if part == "rss":
+        return bench_rss(device, threads)
+    return bench_metrics(args.quick)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    load_start = load_average()
+    device = resolve_device(args.device)
+    threads = threads_for(args.threads, load_start[0])
+    torch.set_num_threads(threads)
+    if args.rss_child is not None:
+        return rss_child(args.rss_child, device)
+
+    parts = selected_parts(args)
+    results = {key: None for key in RESULT_KEYS}
+    results.update(device=str(torch.cuda.get_device_name(device)) if device.type == "cuda" else
+                   f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+                   torch_version=torch.__version__, threads=threads, thp_mem_alloc=os.environ.get("THP_MEM_ALLOC_ENABLE"),
+                   git_commit=git_commit(), load_average_start=load_start, quick=args.quick, parts=parts,
+                   notes={}, details={}, part_seconds={}, load_average_at_part={})
+    for part in PARTS:
+        if part not in parts:
+            for key in PART_KEYS[part]:
+                results["notes"].setdefault(key, "not run (--only/--skip)")
+    for part in parts:
+        print(f"bench: {part} ...", file=sys.stderr, flush=True)
+        results["load_average_at_part"][part] = load_average()
+        started = time.perf_counter()
+        try:
+            measured = run_part(part, device, args, threads)
+        except Exception as err:  # one broken part must not lose the others' numbers
+            for key in PART_KEYS[part]:
+                results["notes"][key] = f"{part} failed: {type(err).__name__}: {err}"
+            continue
+        finally:
+            results["part_seconds"][part] = round(time.perf_counter() - started, 1)
+        results["notes"].update(measured.pop("notes", {}))
+        results["details"].update(measured.pop("details", {}))
+        results.update(measured)
+    results["load_average_end"] = load_average()
+    target_rows = evaluate_targets(results)
+    results["targets"] = [dict(name=n, value=v, wanted=w, holds=h) for n, v, w, h in target_rows]
+    write_json_atomic(args.out, results)
+    print_report(results, target_rows)
+    print(f"\nwritten: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
