@@ -90,3 +90,27 @@ def read_manifest(out_dir):
     """Rows of ``out_dir/manifest.csv`` as dicts of strings."""
     with open(Path(out_dir) / MANIFEST_NAME, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def run_tool(build_rows, expected_errors, summary):
+    """The shared command-line behaviour of the dataset tools.
+
+    ``build_rows(log, failures)`` makes the data set and returns its manifest rows; errors of
+    ``expected_errors`` end the run with one line and exit status 2; files that failed alone are
+    listed one per line and give exit status 1; ``summary(rows, seconds)`` is the closing line.
+    """
+    import sys
+    import time
+
+    started = time.perf_counter()
+    failures = []
+    try:
+        rows = build_rows(lambda text: print(text, file=sys.stderr), failures)
+    except expected_errors as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for message in failures:
+        print(f"error: {message}", file=sys.stderr)
+    print(summary(rows, time.perf_counter() - started)
+          + (f"; {len(failures)} failed and are left out" if failures else ""))
+    return 1 if failures else 0

@@ -18,7 +18,6 @@ import argparse
 import os
 import re
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -26,7 +25,8 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from echo.data import SPLITS, OutputExistsError, pair_paths, prepare_output_dir, write_manifest, write_pair_atomic
+from echo.data import (SPLITS, OutputExistsError, pair_paths, prepare_output_dir, run_tool, write_manifest,
+                       write_pair_atomic)
 from echo.data.resample import read_mono
 from echo.util.audio import AudioError, audio_info, list_audio
 
@@ -420,22 +420,13 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    started = time.perf_counter()
-    failures = []
-    try:
-        rows = make_dataset(args.speech_dir, args.noise_dir, args.out_dir, args.n_train,
-                            args.n_valid, args.n_test, args.segment_seconds, args.sr,
-                            (args.snr_min, args.snr_max), args.seed, args.split_noise,
-                            max(1, args.workers), args.overwrite, progress=not args.quiet,
-                            log=lambda text: print(text, file=sys.stderr), failures=failures)
-    except (MixError, AudioError, OutputExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for message in failures:
-        print(f"error: {message}", file=sys.stderr)
-    print(f"wrote {len(rows)} pairs to {args.out_dir} in {time.perf_counter() - started:.1f} s"
-          + (f"; {len(failures)} failed and are left out" if failures else ""))
-    return 1 if failures else 0
+    return run_tool(
+        lambda log, failures: make_dataset(
+            args.speech_dir, args.noise_dir, args.out_dir, args.n_train, args.n_valid, args.n_test,
+            args.segment_seconds, args.sr, (args.snr_min, args.snr_max), args.seed, args.split_noise,
+            max(1, args.workers), args.overwrite, progress=not args.quiet, log=log, failures=failures),
+        (MixError, AudioError, OutputExistsError),
+        lambda rows, seconds: f"wrote {len(rows)} pairs to {args.out_dir} in {seconds:.1f} s")
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ set; this tool exists so that nobody has to.
 import argparse
 import os
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
 
-from echo.data import SPLITS, OutputExistsError, pair_paths, prepare_output_dir, write_manifest, write_pair_atomic
+from echo.data import (SPLITS, OutputExistsError, pair_paths, prepare_output_dir, run_tool, write_manifest,
+                       write_pair_atomic)
 from echo.data.resample import backend_name, read_mono, to_pcm16_range
 from echo.util.audio import AudioError, audio_info, pair_audio
 
@@ -188,22 +188,16 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    started = time.perf_counter()
-    failures = []
-    try:
-        rows = prepare(args.src, args.dst, args.valid_speakers, args.sr, max(1, args.workers),
-                       args.overwrite, progress=not args.quiet,
-                       log=lambda text: print(text, file=sys.stderr), failures=failures)
-    except (PrepareError, OutputExistsError, AudioError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for message in failures:
-        print(f"error: {message}", file=sys.stderr)
-    counts = {split: sum(row["split"] == split for row in rows) for split in SPLITS}
-    print(f"wrote {counts['train']} train, {counts['valid']} valid, {counts['test']} test pairs at "
-          f"{args.sr} Hz to {args.dst} ({backend_name()}) in {time.perf_counter() - started:.1f} s"
-          + (f"; {len(failures)} pair(s) failed and are left out" if failures else ""))
-    return 1 if failures else 0
+
+    def summary(rows, seconds):
+        counts = {split: sum(row["split"] == split for row in rows) for split in SPLITS}
+        return (f"wrote {counts['train']} train, {counts['valid']} valid, {counts['test']} test pairs at "
+                f"{args.sr} Hz to {args.dst} ({backend_name()}) in {seconds:.1f} s")
+
+    return run_tool(
+        lambda log, failures: prepare(args.src, args.dst, args.valid_speakers, args.sr, max(1, args.workers),
+                                      args.overwrite, progress=not args.quiet, log=log, failures=failures),
+        (PrepareError, OutputExistsError, AudioError), summary)
 
 
 if __name__ == "__main__":
