@@ -1,6 +1,5 @@
 """The ECHO model: a backbone that predicts clean speech, trained on the noise-augmented
 forward process of an SDE (METHOD.md section 2)."""
-import argparse
 import warnings
 
 import lightning.pytorch as pl
