@@ -14,3 +14,6 @@ install-deps:       ## everything but torch
 test:               ## the test suite (CPU, a few minutes); "no tests ran" (pytest exit 5) fails too
 	@$(PYTHON) -m pytest -n 2 -rs -q tests; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+test-slow:          ## the slow end-to-end tests (processes killed with SIGINT/SIGKILL and resumed)
+	$(PYTHON) -m pytest -n 2 -rs -q -m slow tests
