@@ -17,3 +17,9 @@ test:               ## the test suite (CPU, a few minutes); "no tests ran" (pyte
 
 test-slow:          ## the slow end-to-end tests (processes killed with SIGINT/SIGKILL and resumed)
 	$(PYTHON) -m pytest -n 2 -rs -q -m slow tests
+
+demo: install       ## quickstart: synthetic data, tiny model, enhance, score, plots (CPU, no download)
+	$(PYTHON) demo/run_demo.py --out_dir demo_out --overwrite
+
+bench:              ## speed and memory numbers -> benchmarks/results/latest.json
+	$(PYTHON) benchmarks/bench.py

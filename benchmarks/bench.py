@@ -213,7 +213,7 @@ def count_forward_flops(net, x, t):
 # --------------------------------------------------------------------------------------------
 
 class CeilingConv:
-    """The reference convolution in both memory formats; ``gflops()`` is the faster one."""
+    """The reference convolution in both memory formats; the faster format is the ceiling."""
 
     def __init__(self, device, dtype=torch.float32):
         generator = torch.Generator().manual_seed(0)
@@ -224,49 +224,66 @@ class CeilingConv:
         self.device = device
         self.flops = conv_flops(CEILING_SHAPE, 128, 3)
 
-    def gflops_by_format(self, repeats=3):
+    def rates(self, repeats=3):
+        """{format: (GFLOP/s by wall time, GFLOP/s by process CPU time)}, medians of ``repeats`` calls."""
+        rates = {}
         with torch.inference_mode():
-            return {name: self.flops / median_wall(lambda: torch.nn.functional.conv2d(
-                        x, self.weight, self.bias, padding=1), self.device, repeats) / 1e9
-                    for name, x in self.inputs.items()}
+            for name, x in self.inputs.items():
+                def conv():
+                    return torch.nn.functional.conv2d(x, self.weight, self.bias, padding=1)
+
+                conv()  # oneDNN builds its primitive on the first call of a shape
+                calls = [timed(conv, self.device)[:2] for _ in range(repeats)]
+                rates[name] = tuple(self.flops / statistics.median(c[i] for c in calls) / 1e9 for i in (0, 1))
+        return rates
+
+    def best(self, repeats=3):
+        """(wall GFLOP/s, CPU-time GFLOP/s) of the faster format."""
+        return max(self.rates(repeats).values())
 
     def gflops(self, repeats=3):
-        return max(self.gflops_by_format(repeats).values())
+        return self.best(repeats)[0]
 
 
 def bench_forward(device, quick):
-    rounds = 2 if quick else 3
+    """Rounds of ceiling, forward, ceiling: each forward is compared with the ceiling measured
+    just before and after it, so that a change of machine load between rounds cancels out."""
+    rounds = 2 if quick else 4
     net = paper_backbone(device)
     x, t = backbone_input(device, FWD_FRAMES)
     flops = count_forward_flops(net, x, t)
     ceiling = CeilingConv(device)
     with torch.inference_mode():
         net(x, t)  # warm-up: oneDNN primitives, allocator
-    ceiling_by_format = ceiling.gflops_by_format()
-    ceilings, walls, cpus = [], [], []
+        memory_format = "channels_last" if net.uses_channels_last(x.real) else "contiguous"
+    ceiling_by_format = {k: round(v[0], 1) for k, v in ceiling.rates().items()}
+    samples = [ceiling.best()]
+    walls, cpus = [], []
     for _ in range(rounds):
-        ceilings.append(ceiling.gflops())
         with torch.inference_mode():
             wall, cpu, _ = timed(lambda: net(x, t), device)
         walls.append(wall)
         cpus.append(cpu)
-    fwd_s, ceiling_gflops = statistics.median(walls), statistics.median(ceilings)
-    fraction = flops / fwd_s / 1e9 / ceiling_gflops
-    per_round = [flops / w / 1e9 / c for w, c in zip(walls, ceilings)]
+        samples.append(ceiling.best())
+    around = [((a[0] + b[0]) / 2, (a[1] + b[1]) / 2) for a, b in zip(samples, samples[1:])]
+    fractions = [flops / w / 1e9 / c[0] for w, c in zip(walls, around)]
+    cpu_fractions = [flops / w / 1e9 / c[1] for w, c in zip(cpus, around)]
     return {
-        "ceiling_conv_gflops": round(ceiling_gflops, 1),
+        "ceiling_conv_gflops": round(statistics.median(s[0] for s in samples), 1),
         "fwd_gflop": round(flops / 1e9, 1),
-        "fwd_s": round(fwd_s, 3),
-        "fwd_fraction_of_conv_ceiling": round(fraction, 3),
+        "fwd_s": round(statistics.median(walls), 3),
+        "fwd_fraction_of_conv_ceiling": round(statistics.median(fractions), 3),
         "details": {"fwd": {
-            "fwd_gflops": round(flops / fwd_s / 1e9, 1),
+            "frames": FWD_FRAMES,
+            "activation_memory_format": memory_format,
+            "fwd_gflops": round(flops / statistics.median(walls) / 1e9, 1),
             "fwd_s_rounds": [round(w, 3) for w in walls],
             "fwd_cpu_s_rounds": [round(c, 3) for c in cpus],
-            "ceiling_gflops_rounds": [round(c, 1) for c in ceilings],
-            "ceiling_gflops_by_format_at_start": {k: round(v, 1) for k, v in ceiling_by_format.items()},
-            "fraction_rounds": [round(f, 3) for f in per_round],
-            "frames": FWD_FRAMES,
-            "activation_memory_format": "channels_last" if net.uses_channels_last(x.real) else "contiguous",
+            "ceiling_gflops_samples": [round(s[0], 1) for s in samples],
+            "ceiling_gflops_by_format_at_start": ceiling_by_format,
+            "fraction_rounds": [round(f, 3) for f in fractions],
+            # the same ratio from process CPU time: insensitive to time slicing by other jobs
+            "fraction_cpu_time_rounds": [round(f, 3) for f in cpu_fractions],
         }},
     }
 
@@ -301,7 +318,7 @@ def bench_bf16(device, quick):
         return {"fwd_s_bf16": round(wall, 3), "bf16_max_abs_diff": diff,
                 "details": {"bf16": {"output_max_abs": scale, "relative_diff": diff / scale}}}
 
-    fp32 = CeilingConv(device).gflops(repeats=1)
+    fp32 = CeilingConv(device).gflops(repeats=2)
     bf16 = CeilingConv(device, torch.bfloat16).gflops(repeats=1)
     probe = {"conv_gflops_fp32": round(fp32, 1), "conv_gflops_bf16": round(bf16, 1)}
     if not quick:
