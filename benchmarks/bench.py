@@ -2,7 +2,8 @@
 """Speed and memory of the ECHO backbone and pipeline, measured in one process on one device.
 
     python benchmarks/bench.py [--device auto|cpu|cuda] [--only fwd,train,...] [--skip ...]
-                               [--quick] [--threads auto|N] [--no-thp] [--out PATH]
+                               [--quick] [--threads auto|N] [--no-thp] [--bf16-forward-probe]
+                               [--out PATH]
 
 Prints a table and writes JSON (default benchmarks/results/latest.json, replaced atomically;
 parts not run are null with the reason under "notes"). Parts:
@@ -12,7 +13,8 @@ parts not run are null with the reason under "notes"). Parts:
            ceiling_conv_gflops, fwd_gflop, fwd_s, fwd_fraction_of_conv_ceiling
   bf16     fwd_s_bf16 and bf16_max_abs_diff under bfloat16 autocast, at T=256 where a bf16
            path pays (CUDA, CPUs with bf16 units); otherwise null with the reason, and a cheap
-           probe (one conv, a 64-frame forward) under bf16_probe
+           probe under bf16_probe (the ceiling conv in bf16; --bf16-forward-probe adds a
+           64-frame forward)
   train    train_step_s: one paper-size training step at batch 1 (ScoreModel loss, backward,
            the model's Adam, the EMA update of echo.ema)
   enh      enh_rtf: enhance_audio of a real ~2.5 s 16 kHz file with the paper-size model
@@ -89,10 +91,12 @@ def build_parser():
     parser.add_argument("--only", default=None, help=f"comma-separated parts to run ({','.join(PARTS)})")
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out")
     parser.add_argument("--quick", action="store_true",
-                        help="fewer repetitions, 12 metric files, no bf16 probe forward")
+                        help="fewer repetitions (2 forward rounds, 1 training step, 12 metric files)")
     parser.add_argument("--threads", default="auto",
                         help="intra-op CPU threads: a number, or auto = the cores not busy with "
                              "other jobs at start (1-minute load average), at least 1")
+    parser.add_argument("--bf16-forward-probe", action="store_true",
+                        help="where bf16 does not pay, also time a 64-frame bf16 forward (minutes on such CPUs)")
     parser.add_argument("--no-thp", action="store_true",
                         help="do not set THP_MEM_ALLOC_ENABLE=1 (transparent huge pages for CPU tensors)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"JSON output (default {DEFAULT_OUT})")
@@ -215,12 +219,13 @@ def count_forward_flops(net, x, t):
 class CeilingConv:
     """The reference convolution in both memory formats; the faster format is the ceiling."""
 
-    def __init__(self, device, dtype=torch.float32):
+    def __init__(self, device, dtype=torch.float32, formats=("contiguous", "channels_last")):
         generator = torch.Generator().manual_seed(0)
         x = torch.randn(CEILING_SHAPE, generator=generator).to(device, dtype)
         self.weight = (torch.randn(128, 128, 3, 3, generator=generator) * 0.03).to(device, dtype)
         self.bias = torch.zeros(128, device=device, dtype=dtype)
-        self.inputs = {"contiguous": x, "channels_last": x.contiguous(memory_format=torch.channels_last)}
+        inputs = {"contiguous": x, "channels_last": x.contiguous(memory_format=torch.channels_last)}
+        self.inputs = {name: inputs[name] for name in formats}
         self.device = device
         self.flops = conv_flops(CEILING_SHAPE, 128, 3)
 
@@ -310,7 +315,10 @@ def bf16_forward(net, x, t, device):
     return wall, diff, reference.abs().max().item()
 
 
-def bench_bf16(device, quick):
+def bench_bf16(device, forward_probe):
+    """Full-size bf16 timing where it pays; otherwise the ceiling conv in bf16 (seconds) and,
+    with ``forward_probe``, a 64-frame forward (minutes on a CPU without bf16 units: measured
+    here 41 s bf16 vs 4.8 s fp32 at load ~5, 1 thread)."""
     net = paper_backbone(device)
     if bf16_pays(device):
         x, t = backbone_input(device, FWD_FRAMES)
@@ -318,10 +326,10 @@ def bench_bf16(device, quick):
         return {"fwd_s_bf16": round(wall, 3), "bf16_max_abs_diff": diff,
                 "details": {"bf16": {"output_max_abs": scale, "relative_diff": diff / scale}}}
 
-    fp32 = CeilingConv(device).gflops(repeats=2)
-    bf16 = CeilingConv(device, torch.bfloat16).gflops(repeats=1)
+    fp32 = CeilingConv(device, formats=("channels_last",)).gflops(repeats=2)
+    bf16 = CeilingConv(device, torch.bfloat16, formats=("channels_last",)).gflops(repeats=1)
     probe = {"conv_gflops_fp32": round(fp32, 1), "conv_gflops_bf16": round(bf16, 1)}
-    if not quick:
+    if forward_probe:
         frames = 64
         x, t = backbone_input(device, frames)
         with torch.inference_mode():
@@ -332,7 +340,7 @@ def bench_bf16(device, quick):
                      output_max_abs=scale, relative_diff=diff / scale)
     reason = (f"no bf16 path pays on this {device.type}: no bf16 arithmetic units (oneDNN bf16 "
               f"unsupported); the 3x3 conv runs at {probe['conv_gflops_bf16']} GFLOP/s in bf16 vs "
-              f"{probe['conv_gflops_fp32']} in fp32 (bf16_probe has the measured forward)")
+              f"{probe['conv_gflops_fp32']} in fp32 (bf16_probe; --bf16-forward-probe adds a 64-frame forward)")
     return {"fwd_s_bf16": None, "bf16_max_abs_diff": None,
             "notes": {"fwd_s_bf16": reason, "bf16_max_abs_diff": reason},
             "details": {"bf16_probe": probe}}
@@ -618,7 +626,7 @@ def run_part(part, device, args, threads):
     if part == "fwd":
         return bench_forward(device, args.quick)
     if part == "bf16":
-        return bench_bf16(device, args.quick)
+        return bench_bf16(device, args.bf16_forward_probe)
     if part == "train":
         return bench_train(device, args.quick)
     if part == "enh":
