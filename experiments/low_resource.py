@@ -13,6 +13,11 @@ exactly what a user would get from them. Writes into --results_dir:
   low_resource.png   the same metrics per variant with CI error bars
   low_resource.json  the configuration, every per-file score and the timings
 
+and links low_resource_notes.md (hand-written commentary) when that file exists. Scratch files
+(data, checkpoints, enhanced audio, logs) go to --work_dir; with --resume, stages whose command
+line and inputs are unchanged are reused, so --extra_rows echo@N20 adds a sampler setting to a
+finished run without training again.
+
 The defaults are a CPU-sized run (a tiny network, a few hundred steps); the paper-sized
 version is the same script with larger flags, e.g. --nf 128 --ch_mult 1 1 2 2 2 2 2
 --num_res_blocks 2 --attn_resolutions 16 --num_frames 256 --batch_size 8 --lr 1e-4
@@ -366,9 +371,10 @@ def read_scores(results_csv):
 # --------------------------------------------------------------------------------------------
 
 def mean_ci95(values):
-    """(mean, half-width of the 95% t-interval of the mean, n) over the finite values."""
+    """(mean, half-width of the 95% t-interval of the mean, n) over the finite values (a
+    record read back from JSON holds None where a metric was not computable)."""
     from scipy import stats
-    finite = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
+    finite = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
     n = len(finite)
     if n == 0:
         return math.nan, math.nan, 0
@@ -381,7 +387,7 @@ def mean_ci95(values):
 def paired_gain(enhanced, noisy):
     """Mean +- 95% CI of the per-file improvement over the noisy input: much tighter than the
     difference of two unpaired intervals, since the files' difficulty cancels out."""
-    return mean_ci95([e - n for e, n in zip(enhanced, noisy)])
+    return mean_ci95([e - n for e, n in zip(enhanced, noisy) if e is not None and n is not None])
 
 
 # --------------------------------------------------------------------------------------------
@@ -461,6 +467,19 @@ def gain_table(rows, metrics):
     return "\n".join(lines)
 
 
+def summary_lines(rows, metrics):
+    """What the table says, computed rather than written by hand, so a rerun cannot leave a
+    stale sentence behind."""
+    lines = []
+    for m in metrics:
+        best = max(rows[1:], key=lambda r: r["stats"][m][0])
+        better = [f"`{r['row']}`" for r in rows[1:] if r["gain"][m][0] - r["gain"][m][1] > 0]
+        lines.append(f"- {METRIC_LABELS[m]}: best row `{best['row']}` ({fmt_ci(best['stats'][m], digits_for(m))}; "
+                     f"noisy {fmt_ci(rows[0]['stats'][m], digits_for(m))}); significantly above the noisy "
+                     f"input (paired CI above 0): {', '.join(better) or 'none'}.")
+    return "\n".join(lines)
+
+
 def variant_legend(rows):
     return "\n".join(f"- `{r['row']}`: {r['label']}" for r in rows)
 
@@ -495,7 +514,17 @@ def without_nan(value):
     return value
 
 
+def without_resume_keys(value):
+    """A copy without the stages' resume keys: they repeat every command line and only matter
+    inside --work_dir."""
+    if isinstance(value, dict):
+        return {k: without_resume_keys(v) for k, v in value.items() if k != "key"}
+    return value
+
+
 def write_markdown(path, args, rows, metrics, n_test, params, total_wall, command):
+    notes = path.with_name(path.stem + "_notes.md")  # hand-written commentary, if any
+    commentary = f"\nCommentary on this run: [{notes.name}]({notes.name}).\n" if notes.is_file() else ""
     text = f"""# Low-resource experiment: ECHO ablations and the SGMSE+ baseline
 
 ```
@@ -510,6 +539,8 @@ def write_markdown(path, args, rows, metrics, n_test, params, total_wall, comman
 
 {markdown_table(rows, metrics)}
 
+{summary_lines(rows, metrics)}
+{commentary}
 Variants:
 
 {variant_legend(rows)}
@@ -555,7 +586,8 @@ def plot(path, rows, metrics, title):
         ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
         ax.set_title(METRIC_LABELS[metric])
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(f"{title}\nfilled: each variant at its sampler; hollow: the same checkpoint at another N; "
+                 "red: SGMSE+; dashed line and grey band: noisy input", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -624,7 +656,7 @@ def main(argv=None):
          f"{args.max_steps} steps, n_train {args.n_train}, {len(test_files)} test files (mean ± 95% CI)")
     raw = {"command": command, "args": vars(args), "test_files": test_files, "stage_wall_sum_s": total_wall,
            "this_invocation_wall_s": time.perf_counter() - started,
-           "data": data, "rows": rows, "records": records}
+           "data": data, "rows": rows, "records": without_resume_keys(records)}
     (results_dir / "low_resource.json").write_text(json.dumps(without_nan(raw), indent=1))
     print((results_dir / "low_resource.md").read_text())
     return 0
