@@ -52,7 +52,7 @@ def _norm(value):
 
 
 # what Lightning needs to continue a run besides the weights
-TRAINING_STATE_KEYS = ("optimizer_states", "loops", "global_step", "epoch")
+TRAINING_STATE_KEYS = ("optimizer_states", "loops", "global_step", "epoch", "pytorch-lightning_version")
 
 
 def check_resume_compatible(path, model_kwargs: dict) -> dict:

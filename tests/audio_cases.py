@@ -13,7 +13,7 @@ import numpy as np
 import soundfile as sf
 
 SR = 16000
-SECONDS = 1.0
+SECONDS = 0.5
 # relative noise level of each role: noisy and enhanced differ from clean, and from each other
 NOISE_LEVEL = {"clean": 0.0, "noisy": 0.1, "enhanced": 0.02}
 
