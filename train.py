@@ -19,6 +19,11 @@ import tempfile
 import warnings
 from pathlib import Path
 
+if __name__ == "__main__":  # before torch is imported; see echo/util/allocator.py
+    from echo.util.allocator import gpu_expected, reexec_reusing_memory
+
+    reexec_reusing_memory(gpu_expected=gpu_expected(sys.argv[1:], "--accelerator"))
+
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint

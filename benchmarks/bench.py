@@ -2,8 +2,8 @@
 """Speed and memory of the ECHO backbone and pipeline, measured in one process on one device.
 
     python benchmarks/bench.py [--device auto|cpu|cuda] [--only fwd,train,...] [--skip ...]
-                               [--quick] [--threads auto|N] [--no-thp] [--bf16-forward-probe]
-                               [--out PATH]
+                               [--quick] [--threads auto|N] [--allocator auto|jemalloc|system]
+                               [--bf16-forward-probe] [--out PATH]
 
 Prints a table and writes JSON (default benchmarks/results/latest.json, replaced atomically;
 parts not run are null with the reason under "notes"). Parts:
@@ -16,7 +16,8 @@ parts not run are null with the reason under "notes"). Parts:
            probe under bf16_probe (the ceiling conv in bf16; --bf16-forward-probe adds a
            64-frame forward)
   train    train_step_s: one paper-size training step at batch 1 (ScoreModel loss, backward,
-           the model's Adam, the EMA update of echo.ema)
+           the model's Adam, the EMA update of echo.ema), in a child process under train.py's
+           allocator settings
   enh      enh_rtf: enhance_audio of a real ~2.5 s 16 kHz file with the paper-size model
            (random weights) and the SDE's default sampler (N=20); wall seconds per audio second
   rss      enh_peak_rss_mb_10s, enh_peak_rss_mb_60s: peak resident memory of fresh processes
@@ -37,14 +38,18 @@ bilinear gathers are not. The ceiling conv is counted the same way.
 On a shared machine the numbers move with the load of other jobs: the load average is recorded
 at the start of every part, medians are reported, and --threads auto uses only the cores other
 jobs leave free (with a busy OpenMP team, every parallel region waits for a descheduled thread).
+The memory allocator matters on CPU. With --allocator auto each part runs under the settings of
+the command it stands for: the training step in a child process under train.py's (glibc tunables
+that keep freed memory for reuse, echo/util/allocator.py), the inference parts under
+enhancement.py's (the C library's defaults). --allocator system runs everything under the
+defaults, --allocator jemalloc everything under jemalloc (LD_PRELOAD). "allocator" in the JSON
+and details.train.allocator say which.
 """
 import argparse
 import json
-import math
 import os
 import platform
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -52,15 +57,41 @@ import tempfile
 import time
 from pathlib import Path
 
-if __name__ == "__main__" and "--no-thp" not in sys.argv:
-    # Transparent huge pages for large CPU tensors: read by torch at its first allocation, so it
-    # must be set before torch is imported. Each new activation tensor is otherwise faulted in
-    # 4 KiB page by page; measured on this 2-core VM, paper-size forward, 1 thread, CPU seconds:
-    # 9.27 -> 7.47 (the reference code), 7.52 -> 6.78 (the optimised code).
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # `python benchmarks/bench.py` puts benchmarks/, not the repository, on the path
+from echo.util import allocator  # noqa: E402  (stdlib only; torch is not imported yet)
+
+JEMALLOC_SEARCH = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+                   "/usr/lib64/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2", "/usr/lib/libjemalloc.so.2")
+# keep freed pages for reuse, as the glibc tunables of echo.util.allocator do
+JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+
+
+def choose_allocator(argv):
+    """Before torch is imported: re-run this script under the chosen allocator (see the module
+    docstring). With ``auto`` every part runs under the settings of the command it stands for:
+    the training step in a child process under train.py's (echo/util/allocator.py), the
+    inference parts under enhancement.py's (the C library's defaults)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--allocator", default="auto")
+    pre.add_argument("--jemalloc-lib", default=None)
+    pre.add_argument("--device", default="auto")
+    known, _ = pre.parse_known_args(argv)
+    if known.allocator == "auto" and "--train-child" in argv:
+        allocator.reexec_reusing_memory(gpu_expected=allocator.gpu_expected(argv, "--device"))
+    elif known.allocator == "jemalloc" and "jemalloc" not in os.environ.get("LD_PRELOAD", ""):
+        candidates = [known.jemalloc_lib] if known.jemalloc_lib else JEMALLOC_SEARCH
+        library = next((c for c in candidates if c and os.path.exists(c)), None)
+        if library is None:
+            raise SystemExit("bench: --allocator jemalloc but no libjemalloc.so.2 found "
+                             "(apt-get install libjemalloc2, or give --jemalloc-lib)")
+        env = dict(os.environ, LD_PRELOAD=library, MALLOC_CONF=os.environ.get("MALLOC_CONF", JEMALLOC_CONF))
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+if __name__ == "__main__":
+    choose_allocator(sys.argv[1:])
+
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -97,10 +128,13 @@ def build_parser():
                              "other jobs at start (1-minute load average), at least 1")
     parser.add_argument("--bf16-forward-probe", action="store_true",
                         help="where bf16 does not pay, also time a 64-frame bf16 forward (minutes on such CPUs)")
-    parser.add_argument("--no-thp", action="store_true",
-                        help="do not set THP_MEM_ALLOC_ENABLE=1 (transparent huge pages for CPU tensors)")
+    parser.add_argument("--allocator", default="auto", choices=("auto", "jemalloc", "system"),
+                        help="auto: the settings train.py and enhancement.py use here (echo/util/allocator.py); "
+                             "system: the C library's defaults; jemalloc: LD_PRELOAD libjemalloc.so.2")
+    parser.add_argument("--jemalloc-lib", default=None, help="path of libjemalloc.so.2 if not in a standard place")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"JSON output (default {DEFAULT_OUT})")
     parser.add_argument("--rss-child", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--train-child", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -384,7 +418,23 @@ def bench_train(device, quick):
     walls = [timed(step, device)[0] for _ in range(1 if quick else 2)]
     return {"train_step_s": round(statistics.median(walls), 3),
             "details": {"train": {"step_s_runs": [round(w, 3) for w in walls], "batch": 1,
-                                  "frames": batch[0].shape[-1], "optimizer": type(optimizer).__name__}}}
+                                  "frames": batch[0].shape[-1], "optimizer": type(optimizer).__name__,
+                                  "allocator": allocator.describe()}}}
+
+
+def bench_train_in_child(device, args, threads):
+    """bench_train in a fresh process, which re-execs itself under train.py's allocator
+    settings (see choose_allocator); its result comes back as the last line of its output."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--train-child", "--device", device.type,
+           "--threads", str(threads), "--allocator", args.allocator]
+    if args.jemalloc_lib:
+        cmd += ["--jemalloc-lib", args.jemalloc_lib]
+    if args.quick:
+        cmd.append("--quick")
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"training step failed: {result.stderr.strip().splitlines()[-1:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -461,6 +511,24 @@ def long_test_audio(seconds):
     return synthetic_audio(seconds)[:needed]
 
 
+def peak_rss_mb():
+    """Peak resident memory of this process since its exec, in MiB.
+
+    Linux's getrusage/wait4 ru_maxrss is not that: exec keeps the high-water mark of the memory
+    the process had before it, and a child made by vfork (as subprocess does) starts in its
+    parent's memory, so every child of a 5 GB parent reported a 5 GB peak. VmHWM of
+    /proc/self/status belongs to the new address space alone.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    per_mib = 2**20 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / per_mib, 1)
+
+
 def rss_child(seconds, device):
     """Runs in a fresh process: build the paper-size model, enhance ``seconds`` of audio (N=1,
     default chunking), print a JSON line."""
@@ -472,15 +540,15 @@ def rss_child(seconds, device):
     wall, _, _ = timed(lambda: enhance_audio(model, audio, SAMPLE_RATE, sampler_kwargs={"N": 1}, stats=stats),
                        device)
     report = {"seconds": seconds, "wall_s": round(wall, 2), "chunks": stats.get("chunks"),
-              "self_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+              "peak_rss_mb": peak_rss_mb()}
     if device.type == "cuda":
         report["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     print(json.dumps(report), flush=True)
 
 
 def bench_rss(device, threads):
-    """Both files at once, each in its own process: peak RSS is per process (wait4), and the
-    wall times are not the point of this part."""
+    """Both files at once, each in its own fresh process that reports its own peak (see
+    peak_rss_mb); the wall times are not the point of this part."""
     children = {}
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for seconds in (10, 60):
@@ -489,13 +557,11 @@ def bench_rss(device, threads):
         children[seconds] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     results, runs = {}, {}
     for seconds, child in children.items():
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-        out, err = child.stdout.read(), child.stderr.read()
+        out, err = child.communicate()
         if child.returncode != 0:
             raise RuntimeError(f"enhancing {seconds} s failed: {err.strip().splitlines()[-1:]}")
-        results[f"enh_peak_rss_mb_{seconds}s"] = round(usage.ru_maxrss / 1024, 1)
         runs[f"{seconds}s"] = json.loads(out.strip().splitlines()[-1])
+        results[f"enh_peak_rss_mb_{seconds}s"] = runs[f"{seconds}s"]["peak_rss_mb"]
     return {**results, "details": {"rss": runs}}
 
 
@@ -603,6 +669,9 @@ def print_report(results, target_rows):
     print(f"ECHO benchmark  device={results['device']}  torch={results['torch_version']}  "
           f"threads={results['threads']}  load at start={results['load_average_start']}  "
           f"commit={results['git_commit']}")
+    train_allocator = results["details"].get("train", {}).get("allocator")
+    print(f"  allocator: {results['allocator']}"
+          + (f" (training step: {train_allocator})" if train_allocator and train_allocator != results["allocator"] else ""))
     width = max(len(k) for k in RESULT_KEYS)
     for key in RESULT_KEYS:
         value = results.get(key)
@@ -628,7 +697,7 @@ def run_part(part, device, args, threads):
     if part == "bf16":
         return bench_bf16(device, args.bf16_forward_probe)
     if part == "train":
-        return bench_train(device, args.quick)
+        return bench_train_in_child(device, args, threads)
     if part == "enh":
         return bench_enhancement(device, args.quick)
     if part == "rss":
@@ -644,12 +713,15 @@ def main(argv=None):
     torch.set_num_threads(threads)
     if args.rss_child is not None:
         return rss_child(args.rss_child, device)
+    if args.train_child:
+        print(json.dumps(bench_train(device, args.quick)), flush=True)
+        return 0
 
     parts = selected_parts(args)
     results = {key: None for key in RESULT_KEYS}
     results.update(device=str(torch.cuda.get_device_name(device)) if device.type == "cuda" else
                    f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
-                   torch_version=torch.__version__, threads=threads, thp_mem_alloc=os.environ.get("THP_MEM_ALLOC_ENABLE"),
+                   torch_version=torch.__version__, threads=threads, allocator=allocator.describe(),
                    git_commit=git_commit(), load_average_start=load_start, quick=args.quick, parts=parts,
                    notes={}, details={}, part_seconds={}, load_average_at_part={})
     for part in PARTS:

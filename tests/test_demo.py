@@ -2,6 +2,7 @@
 small to expect an improvement, so none is asserted)."""
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 
 from conftest import REPO
 from demo import run_demo
+from echo.util import allocator
 
 # 2 training steps, 2 test files, one network evaluation per file
 TINY_RUN = ["--n_train", "4", "--n_test", "2", "--max_steps", "2", "--train_minutes", "0", "--N", "1"]
@@ -52,6 +54,12 @@ def test_report_and_run_info(demo_run):
     assert info["status"] == "done" and info["trained_steps"] == 2 and info["test_files"] == 2
     assert set(info["seconds"]) == {"data", "train", "enhance", "metrics", "plots"}
     assert set(info["results"]["pesq"]) == {"noisy", "enhanced"}
+    # train.py, run as a command on a CPU, re-execs under the allocator settings; enhancement does not
+    train_info = json.loads(next((out_dir / "logs" / "demo").glob("version_*/run_info.json")).read_text())
+    enhance_info = json.loads((out_dir / "enhanced" / "run_info.json").read_text())
+    if allocator.reuse_env(os.environ, gpu_expected=allocator.gpu_expected([], "--accelerator")) is not None:
+        assert allocator.TUNABLES in train_info["allocator"]
+        assert allocator.TUNABLES not in enhance_info["allocator"]
 
 
 def test_an_earlier_run_is_kept_without_overwrite(demo_run):

@@ -43,7 +43,9 @@ def write_run_info(folder, **fields):
     """A small JSON next to results with the seed, the arguments and the software versions."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    info = dict(fields, versions=software_versions())
+    from echo.util.allocator import describe
+
+    info = dict(fields, versions=software_versions(), allocator=describe())
     tmp = folder / ".run_info.json.partial"
     tmp.write_text(json.dumps(info, indent=2, default=str))
     tmp.replace(folder / "run_info.json")
