@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The whole ECHO job on a small synthetic data set, on a CPU, with no download.
 
-    python demo/run_demo.py [--out_dir demo_out] [--seed 0] [--train_minutes 8] [--N 20]
+    python demo/run_demo.py [--out_dir demo_out] [--seed 0] [--train_minutes 8] [--N 12]
 
 Runs, as a user would, each step as its own command with this Python:
   1. python -m echo.data.synth   a small speech-in-noise data set, deterministic by --seed
