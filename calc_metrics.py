@@ -26,15 +26,12 @@ import io
 import json
 import math
 import os
-import platform
 import random
 import sys
-import tempfile
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from importlib import metadata
 from pathlib import Path
 
 if __name__ == "__main__":
@@ -48,6 +45,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from echo.util.audio import AudioError, check_writable_folder, pair_audio, read_audio  # noqa: E402
+from echo.util.other import software_versions, write_text_atomic  # noqa: E402
 from echo.util.metrics import (DNSMOS_METRICS, PAIR_METRICS, DnsmosUnavailable,  # noqa: E402
                                LengthMismatchError, check_dnsmos_available, dnsmos_p835,
                                score_pair, trim_to_shortest)
@@ -56,7 +54,6 @@ RESULTS_CSV = "_results.csv"
 AVERAGES_TXT = "_avg_results.txt"
 RUN_INFO_JSON = "_run_info.json"
 MAX_PRINTED_NOTES = 20
-VERSIONED_PACKAGES = ("numpy", "scipy", "soundfile", "pesq", "pystoi", "tqdm")
 DNSMOS_PACKAGES = ("speechmos", "onnxruntime", "librosa")
 
 
@@ -274,30 +271,6 @@ def table_text(summary):
     return "\n".join(lines)
 
 
-def package_versions(use_dnsmos):
-    versions = {"python": platform.python_version()}
-    for name in VERSIONED_PACKAGES + (DNSMOS_PACKAGES if use_dnsmos else ()):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def write_text_atomic(path, text):
-    """Write ``text`` so that ``path`` is either the old file or the complete new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 # --------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------
@@ -355,7 +328,7 @@ def main(argv=None):
     run_info = {"seed": args.seed, "argv": sys.argv if argv is None else ["calc_metrics.py"] + list(argv),
                 "workers": max(1, min(args.workers, len(jobs))), "files": len(results),
                 "failed": len(failed), "seconds": round(time.time() - started, 3),
-                "versions": package_versions(args.dnsmos)}
+                "versions": software_versions(DNSMOS_PACKAGES if args.dnsmos else ())}
     try:
         write_text_atomic(output_dir / RESULTS_CSV, results_csv_text(results, metrics))
         write_text_atomic(output_dir / AVERAGES_TXT, averages_text(summary, n_scored, len(failed), args))

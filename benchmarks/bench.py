@@ -96,6 +96,8 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from echo.util.other import write_text_atomic  # noqa: E402
+
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "latest.json"
 SHARED_DATA = REPO.parent / "shared" / "data"
 VBDMD_TEST = SHARED_DATA / "vbdmd_test"
@@ -516,7 +518,7 @@ def peak_rss_mb():
 
     Linux's getrusage/wait4 ru_maxrss is not that: exec keeps the high-water mark of the memory
     the process had before it, and a child made by vfork (as subprocess does) starts in its
-    parent's memory, so every child of a 5 GB parent reported a 5 GB peak. VmHWM of
+    parent's memory, so both children of a 4.8 GB parent reported a 4.8 GB peak. VmHWM of
     /proc/self/status belongs to the new address space alone.
     """
     try:
@@ -546,7 +548,7 @@ def rss_child(seconds, device):
     print(json.dumps(report), flush=True)
 
 
-def bench_rss(device, threads):
+def bench_rss(device):
     """Both files at once, each in its own fresh process that reports its own peak (see
     peak_rss_mb); the wall times are not the point of this part."""
     children = {}
@@ -683,14 +685,6 @@ def print_report(results, target_rows):
         print(f"  {name:<28} {'-' if value is None else value!s:>24}  {wanted:<44} {verdict}")
 
 
-def write_json_atomic(path, payload):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def run_part(part, device, args, threads):
     if part == "fwd":
         return bench_forward(device, args.quick)
@@ -701,7 +695,7 @@ def run_part(part, device, args, threads):
     if part == "enh":
         return bench_enhancement(device, args.quick)
     if part == "rss":
-        return bench_rss(device, threads)
+        return bench_rss(device)
     return bench_metrics(args.quick)
 
 
@@ -746,7 +740,7 @@ def main(argv=None):
     results["load_average_end"] = load_average()
     target_rows = evaluate_targets(results)
     results["targets"] = [dict(name=n, value=v, wanted=w, holds=h) for n, v, w, h in target_rows]
-    write_json_atomic(args.out, results)
+    write_text_atomic(args.out, json.dumps(results, indent=2) + "\n")
     print_report(results, target_rows)
     print(f"\nwritten: {args.out}")
     return 0

@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `python demo/run_demo.py` puts demo/, not the repository, on the path
 
 from demo.plots import METRIC_LABELS, RESULTS_CSV, read_results, summarize  # noqa: E402
+from echo.util.other import write_text_atomic  # noqa: E402
 
 RUN_INFO = "demo_run.json"  # also marks a folder as a demo output that --overwrite may replace
 RUN_NAME = "demo"
@@ -148,10 +149,7 @@ def prepare_out_dir(out_dir: Path, overwrite: bool):
 
 
 def write_run_info(out_dir: Path, info: dict):
-    path = out_dir / RUN_INFO
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(out_dir / RUN_INFO, json.dumps(info, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,11 +20,9 @@ PARSERS = {
     "calc_metrics.py": ("calc_metrics", "build_parser"),
     "demo/run_demo.py": ("demo.run_demo", "build_parser"),
     "benchmarks/bench.py": (REPO / "benchmarks" / "bench.py", "build_parser"),
-    "experiments/low_resource.py": (REPO / "experiments" / "low_resource.py", "build_parser"),
     "echo.data.vbdmd": ("echo.data.vbdmd", "build_parser"),
     "echo.data.mix": ("echo.data.mix", "build_parser"),
     "echo.data.synth": ("echo.data.synth", "build_parser"),
-    "demo.plots": ("demo.plots", "build_parser"),
 }
 
 

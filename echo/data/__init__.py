@@ -8,16 +8,20 @@ plus ``base_dir/manifest.csv`` describing how each pair was made.
 - ``python -m echo.data.vbdmd``  VoiceBank-DEMAND (48 kHz official folders) -> 16 kHz layout
 - ``python -m echo.data.mix``    any speech corpus + any noise corpus mixed at random SNRs
 
-This module holds what the tools share: the split names, the output-folder policy and the
-manifest writer.
+This module holds what the tools share: the split names, the output-folder policy, the
+manifest writer and the job runner.
 """
 import csv
-import os
+import io
 import shutil
-import tempfile
+import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from tqdm import tqdm
+
 from echo.util.audio import check_writable_folder, write_audio_atomic
+from echo.util.other import write_text_atomic
 
 SPLITS = ("train", "valid", "test")
 KINDS = ("clean", "noisy")
@@ -71,25 +75,51 @@ def write_pair_atomic(paths, signals, sr, subtype="PCM_16"):
 
 def write_manifest(out_dir, rows, fieldnames) -> Path:
     """Write ``rows`` (dicts) as ``out_dir/manifest.csv``, atomically."""
-    path = Path(out_dir) / MANIFEST_NAME
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".csv", dir=out_dir)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fieldnames, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fieldnames, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text_atomic(Path(out_dir) / MANIFEST_NAME, text.getvalue())
 
 
 def read_manifest(out_dir):
     """Rows of ``out_dir/manifest.csv`` as dicts of strings."""
     with open(Path(out_dir) / MANIFEST_NAME, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def run_jobs(work, jobs, *, workers=1, chunksize=8, desc="", progress=False, failures=None,
+             error_type=RuntimeError, initializer=None, initargs=()):
+    """Manifest rows of ``work(job)`` for every job, in ``workers`` processes (1: here).
+
+    ``work`` returns ``(row, None)`` or ``(None, one-line message)`` for an output that could not
+    be made, so that one bad input stops neither the other jobs nor the pool. ``failures``: a
+    list that receives those messages; None: the first one raises ``error_type``.
+    ``initializer(*initargs)`` prepares each worker process (or this one when serial).
+    """
+    rows = []
+
+    def collect(row, error):
+        if error is None:
+            rows.append(row)
+        elif failures is None:
+            raise error_type(error)
+        else:
+            failures.append(error)
+
+    with tqdm(total=len(jobs), unit="pair", desc=desc, disable=not progress, file=sys.stderr) as bar:
+        if workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(max_workers=workers, initializer=initializer, initargs=initargs) as pool:
+                for outcome in pool.map(work, jobs, chunksize=chunksize):
+                    collect(*outcome)
+                    bar.update()
+        else:
+            if initializer is not None:
+                initializer(*initargs)
+            for job in jobs:
+                collect(*work(job))
+                bar.update()
+    return rows
 
 
 def run_tool(build_rows, expected_errors, summary):
@@ -99,7 +129,6 @@ def run_tool(build_rows, expected_errors, summary):
     ``expected_errors`` end the run with one line and exit status 2; files that failed alone are
     listed one per line and give exit status 1; ``summary(rows, seconds)`` is the closing line.
     """
-    import sys
     import time
 
     started = time.perf_counter()

@@ -18,14 +18,12 @@ import argparse
 import os
 import re
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from tqdm import tqdm
 
-from echo.data import (SPLITS, OutputExistsError, pair_paths, prepare_output_dir, run_tool, write_manifest,
+from echo.data import (SPLITS, OutputExistsError, pair_paths, prepare_output_dir, run_jobs, run_tool, write_manifest,
                        write_pair_atomic)
 from echo.data.resample import read_mono
 from echo.util.audio import AudioError, audio_info, list_audio
@@ -315,15 +313,6 @@ def _make_one(job):
         return None, str(err)
 
 
-def _collect(row, error, rows, failures):
-    if error is None:
-        rows.append(row)
-    elif failures is None:
-        raise MixError(error)
-    else:
-        failures.append(error)
-
-
 def make_dataset(speech_dir, noise_dir, out_dir, n_train=200, n_valid=20, n_test=20,
                  segment_seconds=0.0, sr=16000, snr_range=(0.0, 20.0), seed=0,
                  split_noise=False, workers=1, overwrite=False, progress=False, log=print, failures=None):
@@ -343,20 +332,8 @@ def make_dataset(speech_dir, noise_dir, out_dir, n_train=200, n_valid=20, n_test
                "plan": plan, "seed": int(seed), "sr": int(sr),
                "length": int(round(segment_seconds * sr)), "snr_range": tuple(snr_range)}
     jobs = [(split, index) for split in SPLITS for index in range(counts[split])]
-    bar = tqdm(total=len(jobs), unit="pair", desc="mix", disable=not progress, file=sys.stderr)
-    rows = []
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                                 initargs=(options,)) as pool:
-            for row, error in pool.map(_make_one, jobs, chunksize=8):
-                _collect(row, error, rows, failures)
-                bar.update()
-    else:
-        _init_worker(options)
-        for job in jobs:
-            _collect(*_make_one(job), rows, failures)
-            bar.update()
-    bar.close()
+    rows = run_jobs(_make_one, jobs, workers=workers, chunksize=8, desc="mix", progress=progress,
+                    failures=failures, error_type=MixError, initializer=_init_worker, initargs=(options,))
     write_manifest(out_dir, rows, MANIFEST_FIELDS)
     return rows
 

@@ -17,12 +17,9 @@ set; this tool exists so that nobody has to.
 import argparse
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from tqdm import tqdm
-
-from echo.data import (SPLITS, OutputExistsError, pair_paths, prepare_output_dir, run_tool, write_manifest,
+from echo.data import (SPLITS, OutputExistsError, pair_paths, prepare_output_dir, run_jobs, run_tool, write_manifest,
                        write_pair_atomic)
 from echo.data.resample import backend_name, read_mono, to_pcm16_range
 from echo.util.audio import AudioError, audio_info, pair_audio
@@ -130,19 +127,8 @@ def prepare(src, dst, valid_speakers=DEFAULT_VALID_SPEAKERS, sr=16000, workers=1
         log(note)
     dst = prepare_output_dir(dst, overwrite)
     tasks = [(job, str(dst), sr) for job in jobs]
-    bar = tqdm(total=len(tasks), unit="pair", desc="vbdmd", disable=not progress, file=sys.stderr)
-    rows = []
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            outcomes = pool.map(_convert_star, tasks, chunksize=16)
-            for row, error in outcomes:
-                _collect(row, error, rows, failures)
-                bar.update()
-    else:
-        for task in tasks:
-            _collect(*_convert_star(task), rows, failures)
-            bar.update()
-    bar.close()
+    rows = run_jobs(_convert_star, tasks, workers=workers, chunksize=16, desc="vbdmd", progress=progress,
+                    failures=failures, error_type=AudioError)
     rows.sort(key=lambda row: (SPLITS.index(row["split"]), row["name"]))
     write_manifest(dst, rows, MANIFEST_FIELDS)
     clipped = sum(row["clipped_samples"] for row in rows)
@@ -150,15 +136,6 @@ def prepare(src, dst, valid_speakers=DEFAULT_VALID_SPEAKERS, sr=16000, workers=1
         log(f"note: {clipped} samples exceeded 16-bit full scale after resampling and were clipped "
             "(see clipped_samples in manifest.csv)")
     return rows
-
-
-def _collect(row, error, rows, failures):
-    if error is None:
-        rows.append(row)
-    elif failures is None:
-        raise AudioError(error)
-    else:
-        failures.append(error)
 
 
 def build_parser():

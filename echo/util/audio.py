@@ -140,7 +140,7 @@ def write_audio_atomic(path, data, sr, subtype=None):
     try:
         fmt = "FLAC" if path.suffix.lower() == ".flac" else "WAV"
         sf.write(tmp, data, sr, format=fmt, subtype=subtype)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -198,7 +198,7 @@ def check_writable_folder(folder):
         raise AudioError(f"{folder}: output folder is not writable ({err.strerror or type(err).__name__})") from None
 
 
-def _umask():
+def current_umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -1,10 +1,15 @@
 """Helpers for the command-line entry points."""
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
+import tempfile
+from importlib import metadata
 from pathlib import Path
+
+from echo.util.audio import PARTIAL_PREFIX, current_umask
 
 
 def group_values(parser: argparse.ArgumentParser, args: argparse.Namespace, titles) -> dict:
@@ -27,26 +32,45 @@ def git_commit(repo_dir=None) -> str:
         return "unknown"
 
 
-def software_versions() -> dict:
+VERSIONED_PACKAGES = ("torch", "lightning", "numpy", "scipy", "soundfile", "soxr", "pesq", "pystoi", "tqdm")
+
+
+def software_versions(extra=()) -> dict:
+    """Versions of Python, the packages results depend on (``extra`` too) and this code.
+    Read from the installed metadata, so nothing is imported for it."""
     versions = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for name in ("torch", "lightning", "numpy", "soundfile", "pesq", "pystoi", "soxr"):
+    for name in VERSIONED_PACKAGES + tuple(extra):
         try:
-            module = __import__(name)
-            versions[name] = getattr(module, "__version__", "unknown")
-        except Exception:
-            pass
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
     versions["echo_commit"] = git_commit()
     return versions
 
 
+def write_text_atomic(path, text: str) -> Path:
+    """Write ``text`` so that ``path`` is either the old file or the complete new one: it is
+    written under a temporary name in the same folder (named like the other temporaries, so
+    that a killed run's leftover is recognised) and renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{os.getpid()}-", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; give the file the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
 def write_run_info(folder, **fields):
     """A small JSON next to results with the seed, the arguments and the software versions."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     from echo.util.allocator import describe
 
     info = dict(fields, versions=software_versions(), allocator=describe())
-    tmp = folder / ".run_info.json.partial"
-    tmp.write_text(json.dumps(info, indent=2, default=str))
-    tmp.replace(folder / "run_info.json")
+    write_text_atomic(Path(folder) / "run_info.json", json.dumps(info, indent=2, default=str))
     return info
