@@ -15,7 +15,6 @@ in the run's log folder.
 import argparse
 import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from echo.data_module import SpecsDataModule
 from echo.ema import EMA
 from echo.model import NonFiniteLossError, ScoreModel
 from echo.sdes import SDERegistry
-from echo.util.audio import PARTIAL_PREFIX, AudioError, check_writable_folder, remove_stale_partials
+from echo.util.audio import AudioError, check_writable_folder, remove_stale_partials, staged_file
 from echo.util.other import group_values, write_run_info
 
 MODEL_GROUPS = ("model", "data", "NCSN++ (deformable) backbone", "ECHO SDE", "OUVE SDE")
@@ -108,19 +107,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         if "://" in str(path):  # remote storage: Lightning's writer
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{os.getpid()}-", suffix=".ckpt", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with staged_file(path) as tmp, open(tmp, "wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def make_logger(kind, log_dir, name):

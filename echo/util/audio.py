@@ -6,6 +6,7 @@ the same way everywhere (``AudioError``) instead of as a traceback from inside a
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -127,25 +128,35 @@ def read_audio(path, expected_sr=None, mono=False):
     return np.ascontiguousarray(data.T), sr
 
 
-def write_audio_atomic(path, data, sr, subtype=None):
-    """Write ``data`` ``[channels, samples]`` (or ``[samples]``) so that ``path`` is either absent or
-    complete: the file is written under a temporary name in the same folder, then renamed."""
+@contextmanager
+def staged_file(path):
+    """Yield a temporary name in ``path``'s folder to write to; when the block succeeds the file
+    gets the usual mode and is renamed to ``path``, otherwise it is removed. ``path`` is thus
+    either absent (or its old self) or complete, and a killed run's leftover carries
+    PARTIAL_PREFIX and its PID for ``remove_stale_partials``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = np.asarray(data)
-    if data.ndim == 2:
-        data = data.T
     fd, tmp = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{os.getpid()}-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
-        fmt = "FLAC" if path.suffix.lower() == ".flac" else "WAV"
-        sf.write(tmp, data, sr, format=fmt, subtype=subtype)
+        yield tmp
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_audio_atomic(path, data, sr, subtype=None):
+    """Write ``data`` ``[channels, samples]`` (or ``[samples]``) so that ``path`` is either absent or
+    complete (see ``staged_file``)."""
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data.T
+    with staged_file(path) as tmp:
+        fmt = "FLAC" if Path(path).suffix.lower() == ".flac" else "WAV"
+        sf.write(tmp, data, sr, format=fmt, subtype=subtype)
 
 
 def remove_stale_partials(folder, suffixes=AUDIO_EXTENSIONS) -> list:

@@ -1,15 +1,13 @@
 """Helpers for the command-line entry points."""
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from echo.util.audio import PARTIAL_PREFIX, current_umask
+from echo.util.audio import staged_file
 
 
 def group_values(parser: argparse.ArgumentParser, args: argparse.Namespace, titles) -> dict:
@@ -49,22 +47,10 @@ def software_versions(extra=()) -> dict:
 
 
 def write_text_atomic(path, text: str) -> Path:
-    """Write ``text`` so that ``path`` is either the old file or the complete new one: it is
-    written under a temporary name in the same folder (named like the other temporaries, so
-    that a killed run's leftover is recognised) and renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{os.getpid()}-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    """Write ``text`` so that ``path`` is either the old file or the complete new one."""
+    with staged_file(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+    return Path(path)
 
 
 def write_run_info(folder, **fields):
