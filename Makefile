@@ -1,8 +1,10 @@
 PYTHON ?= python3
 # CPU build of torch; on machines with a GPU, install torch as usual and run `make install-deps`
 TORCH_CPU ?= torch==2.13.0
+# venv of `make check-cuda-build` (the CUDA build of torch, about 5.5 GB): outside the repository
+CUDA_VENV ?= $(HOME)/.cache/echo/cuda-venv
 
-.PHONY: install install-deps test test-slow demo bench
+.PHONY: install install-deps test test-slow demo bench check-cuda-build gpu-check
 
 install:            ## CPU-only machine: pinned CPU torch, then the rest
 	$(PYTHON) -m pip install $(TORCH_CPU)
@@ -23,3 +25,9 @@ demo: install       ## quickstart: synthetic data, tiny model, enhance, score, p
 
 bench:              ## speed and memory numbers -> benchmarks/results/latest.json
 	$(PYTHON) benchmarks/bench.py
+
+check-cuda-build:   ## compile + import the CUDA kernels with the CUDA build of torch, in $(CUDA_VENV); no GPU needed, not in CI
+	$(PYTHON) benchmarks/check_cuda_build.py --venv $(CUDA_VENV)
+
+gpu-check:          ## on a GPU machine: kernel parity, speed, bf16, DDP, enhancement RTF -> JSON under benchmarks/results/ (<= 5 min)
+	$(PYTHON) benchmarks/gpu_check.py
