@@ -66,10 +66,15 @@ def build_parser():
     parser.add_argument("--ckpt", required=True, help="checkpoint written by train.py (its EMA weights are used)")
     sampler = parser.add_argument_group("sampler (left out: the checkpoint's own defaults)")
     sampler.add_argument("--N", type=int, default=None,
-                         help="number of reverse steps (default: the checkpoint's, 20 for ECHO); with the "
-                              "echo_posterior predictor use N >= beta_max (10), or 1 for a single prediction")
+                         help="number of reverse steps = network evaluations without a corrector (default: "
+                              "the checkpoint's, 20 for ECHO); the echo_posterior chain needs N >= beta_max (10) "
+                              "or N = 1 (a single prediction); ddim and ddpm take any N >= 1")
     sampler.add_argument("--predictor", default=None, choices=PredictorRegistry.get_all_names(),
-                         help="reverse step taken at each time (default: the checkpoint's, echo_posterior)")
+                         help="reverse step taken at each time (default: the checkpoint's, echo_posterior for "
+                              "ECHO). echo_posterior: the release's discrete DDPM chain; ddim: deterministic "
+                              "steps over the continuous marginal, the few-step sampler (e.g. --predictor ddim "
+                              "--N 3); ddpm: the same steps with the exact continuous-time posterior noise; "
+                              "reverse_diffusion: SGMSE+'s Euler-Maruyama step (ouve checkpoints)")
     sampler.add_argument("--corrector", default=None, choices=CorrectorRegistry.get_all_names(),
                          help="Langevin refinement before each step (default: the checkpoint's, none for ECHO)")
     sampler.add_argument("--corrector_steps", type=int, default=None,

@@ -25,19 +25,20 @@ if __name__ == "__main__":  # before torch is imported; see echo/util/allocator.
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, Timer
 from lightning.pytorch.plugins import TorchCheckpointIO
 
 from echo.backbones import BackboneRegistry
-from echo.checkpoints import CheckpointError, check_resume_compatible
+from echo.checkpoints import CheckpointError, check_resume_compatible, read_checkpoint
 from echo.data_module import SpecsDataModule
 from echo.ema import EMA
 from echo.model import NonFiniteLossError, ScoreModel
+from echo.output_scaling import resolve_output_scaling
 from echo.sdes import SDERegistry
 from echo.util.audio import AudioError, check_writable_folder, remove_stale_partials, staged_file
 from echo.util.other import group_values, write_run_info
 
-MODEL_GROUPS = ("model", "data", "NCSN++ (deformable) backbone", "ECHO SDE", "OUVE SDE")
+MODEL_GROUPS = ("model", "data", "NCSN++ (deformable) backbone", "ECHO SDE", "OUVE SDE", "predictive baseline")
 
 
 def build_parser(argv=None):
@@ -61,11 +62,15 @@ def build_parser(argv=None):
     trainer.add_argument("--accelerator", type=str, default="auto", help="cpu, gpu, mps or auto")
     trainer.add_argument("--devices", type=str, default="auto", help="Number of devices, a list such as 0,1, or auto")
     trainer.add_argument("--strategy", type=str, default="auto", help="auto, ddp, ... (multi-GPU runs use DDP)")
+    trainer.add_argument("--num_nodes", type=positive_int, default=1,
+                         help="Machines taking part; each runs --devices processes. Lightning reads the ranks "
+                              "and the address of rank 0 from SLURM (srun) or torchrun")
     trainer.add_argument("--precision", type=str, default="32-true", help="32-true, bf16-mixed, 16-mixed, ...")
     trainer.add_argument("--max_steps", type=int, default=-1, help="Stop after this many optimizer steps (-1: no limit)")
     trainer.add_argument("--max_epochs", type=int, default=-1, help="Stop after this many epochs (-1: no limit)")
     trainer.add_argument("--max_time", type=str, default=None,
-                         help="Stop after this wall-clock time, DD:HH:MM:SS (e.g. 00:00:08:00 for 8 minutes)")
+                         help="Stop after this wall-clock time of this run, DD:HH:MM:SS (e.g. 00:00:08:00 for "
+                              "8 minutes); a resumed run gets the whole budget again")
     trainer.add_argument("--accumulate_grad_batches", type=int, default=1,
                          help="Batches per optimizer step (effective batch = batch_size x devices x this)")
     trainer.add_argument("--val_check_interval", type=float, default=1.0,
@@ -98,6 +103,29 @@ class SaveLastOnStop(Callback):
             self.checkpoints.last_model_path = path
 
 
+class RunTimer(Timer):
+    """--max_time as the budget of this run. Lightning's own timer restores the time the
+    checkpoint's run had used, so `--ckpt last.ckpt --max_time 00:00:30:00` after a 32-minute run
+    would stop before its first step and write nothing."""
+
+    def load_state_dict(self, state_dict):
+        pass
+
+
+def parse_max_time(text):
+    """DD:HH:MM:SS -> timedelta, with a one-line error for anything else."""
+    from datetime import timedelta
+    parts = text.split(":")
+    try:
+        days, hours, minutes, seconds = (int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--max_time {text}: expected DD:HH:MM:SS, e.g. 00:01:30:00") from None
+    budget = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    if len(parts) != 4 or budget.total_seconds() <= 0:
+        raise ValueError(f"--max_time {text}: expected a positive DD:HH:MM:SS, e.g. 00:01:30:00")
+    return budget
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written under a temporary name in the target folder, flushed to disk, then
     renamed over the old file: a run killed while saving (SIGKILL, power loss) keeps the previous
@@ -121,6 +149,16 @@ def make_logger(kind, log_dir, name):
     return pl.loggers.WandbLogger(save_dir=log_dir, name=name)  # WANDB_MODE=offline works without network
 
 
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
+
+
 def parse_devices(text):
     if text == "auto":
         return "auto"
@@ -140,15 +178,35 @@ def prepare_resume(ckpt, model_kwargs):
     remove_stale_partials(Path(ckpt).parent, suffixes=(".ckpt",))
 
 
+def resolve_model_output_scaling(model_kwargs, ckpt=None):
+    """Fix --output_scaling (and its older spelling --scale_by_sigma) to one value. A resumed run
+    given neither keeps its checkpoint's, whatever today's default is."""
+    if ckpt and model_kwargs.get("output_scaling") is None and model_kwargs.get("scale_by_sigma") is None:
+        saved = read_checkpoint(ckpt)["hyper_parameters"]
+        model_kwargs["output_scaling"] = saved.get("output_scaling")
+        model_kwargs["scale_by_sigma"] = saved.get("scale_by_sigma")
+    try:
+        scaling = resolve_output_scaling(model_kwargs.get("output_scaling"), model_kwargs.get("scale_by_sigma"),
+                                         SDERegistry.get_by_name(model_kwargs["sde"]).prediction)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+    model_kwargs.update(output_scaling=scaling, scale_by_sigma=scaling == "release")
+
+
 def main(argv=None):
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    try:
+        budget = parse_max_time(args.max_time) if args.max_time else None
+    except ValueError as err:
+        parser.error(str(err))
     pl.seed_everything(args.seed, workers=True, verbose=False)
 
     model_kwargs = group_values(parser, args, MODEL_GROUPS)
     model_kwargs.update(backbone=args.backbone, sde=args.sde, seed=args.seed)
     for key in ("base_dir", "batch_size", "num_workers", "resample", "downmix"):
         model_kwargs.pop(key, None)  # data loading only, not part of the model
+    resolve_model_output_scaling(model_kwargs, args.ckpt)
     if args.ckpt:
         prepare_resume(args.ckpt, model_kwargs)
     model = ScoreModel(**model_kwargs)
@@ -161,12 +219,15 @@ def main(argv=None):
                                   monitor="valid_loss", mode="min", save_top_k=1,
                                   filename="best-loss-{epoch}-{step}")
     callbacks = [SaveLastOnStop(checkpoints), EMA(args.ema_decay), checkpoints]
+    if budget is not None:
+        callbacks.append(RunTimer(duration=budget, interval="step"))
     if args.num_eval_files > 0:
         callbacks.append(ModelCheckpoint(dirpath=checkpoints.dirpath, monitor="pesq", mode="max", save_top_k=1,
                                          filename="best-pesq-{epoch}-{step}"))
     trainer = pl.Trainer(
         accelerator=args.accelerator, devices=parse_devices(args.devices), strategy=args.strategy,
-        precision=args.precision, max_steps=args.max_steps, max_epochs=args.max_epochs, max_time=args.max_time,
+        num_nodes=args.num_nodes,
+        precision=args.precision, max_steps=args.max_steps, max_epochs=args.max_epochs,
         accumulate_grad_batches=args.accumulate_grad_batches, val_check_interval=int(args.val_check_interval) if args.val_check_interval > 1 else args.val_check_interval,
         check_val_every_n_epoch=args.check_val_every_n_epoch, gradient_clip_val=args.gradient_clip_val,
         log_every_n_steps=args.log_every_n_steps, deterministic=args.deterministic, logger=logger,
@@ -181,8 +242,11 @@ def main(argv=None):
         write_run_info(logger.log_dir, seed=args.seed, resumed_from=args.ckpt, argv=command_line, args=vars(args))
     # weights_only: tensors and plain values only, also for Lightning's own read of the file
     trainer.fit(model, datamodule=data, ckpt_path=args.ckpt, weights_only=True)
-    print(f"checkpoints: {checkpoints.dirpath} (last: {checkpoints.last_model_path}, "
-          f"best valid_loss: {checkpoints.best_model_path})")
+    if not checkpoints.last_model_path:
+        print(f"no checkpoint written: training stopped at step {trainer.global_step} before a step was saved "
+              f"(check --max_steps / --max_epochs / --max_time)", file=sys.stderr)
+    print(f"checkpoints: {checkpoints.dirpath} (last: {checkpoints.last_model_path or 'none'}, "
+          f"best valid_loss: {checkpoints.best_model_path or 'none'}; step {trainer.global_step})")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import torch
 # hyper-parameters that change the network or the signal path: a checkpoint cannot be resumed
 # or used with values other than its own
 ARCHITECTURE_KEYS = ("backbone", "sde", "nf", "ch_mult", "num_res_blocks", "attn_resolutions", "deform",
-                     "scale_by_sigma", "fourier_scale", "sr", "n_fft", "hop_length", "transform_type",
+                     "scale_by_sigma", "output_scaling", "sigma_data", "fourier_scale", "sr", "n_fft", "hop_length", "transform_type",
                      "spec_factor", "spec_abs_exponent")
 
 

@@ -24,6 +24,7 @@ from echo.util.seeding import seeded_generator
 
 SPLITS = ("train", "valid", "test")
 NORMALIZE_MODES = ("noisy", "clean", "not")
+NORMALIZE_SPANS = ("crop", "file")
 
 
 def check_pairs(pairs, sr, resample, downmix):
@@ -140,8 +141,11 @@ class SpecsDataset(Dataset):
     """
 
     def __init__(self, pairs, spectrogram: Spectrogram, num_frames, sr=16000, random_crop=False,
-                 normalize="noisy", resample=False, downmix=False, seed=0):
+                 normalize="noisy", resample=False, downmix=False, seed=0, normalize_span="file"):
+        if normalize_span not in NORMALIZE_SPANS:
+            raise ValueError(f"unknown normalize_span '{normalize_span}' (known: {', '.join(NORMALIZE_SPANS)})")
         self.pairs = pairs
+        self.normalize_span = normalize_span
         self.spectrogram = spectrogram
         self.num_frames = num_frames
         self.target_len = spectrogram.samples_for_frames(num_frames)
@@ -164,9 +168,14 @@ class SpecsDataset(Dataset):
     def __getitem__(self, item):
         epoch, index = item if isinstance(item, tuple) else (0, item)
         clean, noisy, _ = self.load_pair(index)
+        # the peak of the whole file, as enhancement uses: the release's peak of the crop puts a
+        # crop at a higher level than the same audio has at enhancement (see README)
+        if self.normalize_span == "file":
+            factor = normalization_factor(clean, noisy, self.normalize)
         generator = seeded_generator(self.seed, "crop", epoch, index) if self.random_crop else None
         clean, noisy = crop_or_pad(clean, noisy, self.target_len, self.random_crop, generator)
-        factor = normalization_factor(clean, noisy, self.normalize)
+        if self.normalize_span == "crop":  # METHOD's training rule: the peak of the crop
+            factor = normalization_factor(clean, noisy, self.normalize)
         clean_spec = self.spectrogram.to_spec(clean / factor)[None]
         noisy_spec = self.spectrogram.to_spec(noisy / factor)[None]
         return clean_spec, noisy_spec
@@ -190,6 +199,10 @@ class SpecsDataModule(pl.LightningDataModule):
                            help="Amplitude compression of the spectrogram (default exponent)")
         group.add_argument("--normalize", type=str, default="noisy", choices=NORMALIZE_MODES,
                            help="Divide both signals by the peak of the noisy (default) or clean signal, or not at all")
+        group.add_argument("--normalize_span", type=str, default="file", choices=NORMALIZE_SPANS,
+                           help="Take the normalisation peak over the whole file, as enhancement does (file, "
+                                "default), or over the training crop (crop, the release's rule, which trains at "
+                                "a higher level than enhancement feeds)")
         group.add_argument("--resample", action=argparse.BooleanOptionalAction, default=False,
                            help="Resample files whose rate differs from --sr on load instead of failing (default off)")
         group.add_argument("--downmix", action=argparse.BooleanOptionalAction, default=False,
@@ -198,8 +211,10 @@ class SpecsDataModule(pl.LightningDataModule):
 
     def __init__(self, base_dir, batch_size=8, num_workers=4, sr=16000, n_fft=510, hop_length=128,
                  num_frames=256, spec_factor=0.15, spec_abs_exponent=0.5, transform_type="exponent",
-                 normalize="noisy", resample=False, downmix=False, pin_memory=False, seed=0, **ignored):
+                 normalize="noisy", resample=False, downmix=False, pin_memory=False, seed=0,
+                 normalize_span="file", **ignored):
         super().__init__()
+        self.normalize_span = normalize_span
         self.base_dir = Path(base_dir)
         self.seed = seed
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -221,7 +236,8 @@ class SpecsDataModule(pl.LightningDataModule):
     def make_dataset(self, split):
         return SpecsDataset(self.split_pairs(split), self.spectrogram, self.num_frames, sr=self.sr,
                             random_crop=(split == "train"), normalize=self.normalize,
-                            resample=self.resample, downmix=self.downmix, seed=self.seed)
+                            resample=self.resample, downmix=self.downmix, seed=self.seed,
+                            normalize_span=self.normalize_span)
 
     def setup(self, stage=None):
         wanted = {"fit": ("train", "valid"), "validate": ("valid",), "test": ("test",)}.get(stage, SPLITS)

@@ -6,6 +6,8 @@ import lightning.pytorch as pl
 import torch
 
 from echo.backbones import BackboneRegistry
+from echo.output_scaling import (DEFAULT_OUTPUT_SCALING, DEFAULT_SIGMA_DATA, OUTPUT_SCALINGS, edm_coefficients,
+                                 resolve_output_scaling)
 from echo.remix import REMIX_MODES, NoiseBank, decouple_noise, foreign_noise, remix
 from echo.sdes import SDERegistry, complex_randn_like
 from echo.spectral import SpecConfig, Spectrogram
@@ -30,6 +32,14 @@ class ScoreModel(pl.LightningModule):
                                 "default), dans (bank noise only), own (own noise only), none")
         group.add_argument("--noise_bank_size", type=int, default=128,
                            help="Examples of earlier training noise kept for re-mixup (default 128)")
+        group.add_argument("--output_scaling", type=str, default=None, choices=OUTPUT_SCALINGS,
+                           help=f"How the network output becomes the clean-speech estimate: none (default for echo: "
+                                f"{DEFAULT_OUTPUT_SCALING}), release (divide the output pyramid by t, as the release "
+                                f"and SGMSE+; default for ouve), after (divide the final output by t), edm "
+                                f"(EDM preconditioning from alpha(t), sigma(t)); see README 'Output scaling'")
+        group.add_argument("--sigma_data", type=float, default=DEFAULT_SIGMA_DATA,
+                           help=f"Std of the compressed clean spectrogram, for --output_scaling edm "
+                                f"(default {DEFAULT_SIGMA_DATA})")
         group.add_argument("--num_eval_files", type=int, default=20,
                            help="Validation files enhanced and scored at each validation (default 20; 0 = off)")
         group.add_argument("--max_bad_steps", type=int, default=10,
@@ -39,7 +49,8 @@ class ScoreModel(pl.LightningModule):
     def __init__(self, backbone="ncsnpp_deform", sde="echo", lr=1e-4, ema_decay=0.999, loss_type="mse",
                  remix="echo", noise_bank_size=128, num_eval_files=20, max_bad_steps=10, sr=16000,
                  n_fft=510, hop_length=128, num_frames=256, spec_factor=0.15, spec_abs_exponent=0.5,
-                 transform_type="exponent", normalize="noisy", seed=0, **kwargs):
+                 transform_type="exponent", normalize="noisy", seed=0, output_scaling=None,
+                 sigma_data=DEFAULT_SIGMA_DATA, **kwargs):
         super().__init__()
         if remix not in REMIX_MODES:
             raise ValueError(f"unknown remix mode '{remix}' (known: {', '.join(REMIX_MODES)})")
@@ -47,8 +58,15 @@ class ScoreModel(pl.LightningModule):
             raise ValueError(f"unknown loss_type '{loss_type}'")
         # every argument is a plain value, so a checkpoint loads without the training code's classes
         self.save_hyperparameters()
-        self.dnn = BackboneRegistry.get_by_name(backbone)(**kwargs)
         self.sde = SDERegistry.get_by_name(sde)(**kwargs)
+        self.output_scaling = resolve_output_scaling(output_scaling, kwargs.pop("scale_by_sigma", None),
+                                                     self.sde.prediction)
+        self.sigma_data = float(sigma_data)
+        # the resolved value is what the checkpoint keeps: a later change of the default must not
+        # change what an existing checkpoint computes
+        self.hparams["output_scaling"] = self.output_scaling
+        self.hparams["scale_by_sigma"] = self.output_scaling == "release"
+        self.dnn = BackboneRegistry.get_by_name(backbone)(scale_by_sigma=self.output_scaling == "release", **kwargs)
         self.spectrogram = Spectrogram(SpecConfig(n_fft=n_fft, hop_length=hop_length,
                                                   transform_type=transform_type, spec_factor=spec_factor,
                                                   spec_abs_exponent=spec_abs_exponent))
@@ -67,7 +85,14 @@ class ScoreModel(pl.LightningModule):
         """From the state x_t, the noisy condition y and the time t: the clean-speech estimate
         (data-predicting SDEs such as echo) or the score (score-based SDEs such as ouve, where
         the score is the negated network output, as in SGMSE+)."""
+        if self.output_scaling == "edm":
+            alpha = self.sde.alpha(t).reshape(-1, 1, 1, 1)
+            c_in, c_skip, c_out = edm_coefficients(alpha, self.sde.sigma(t).reshape(-1, 1, 1, 1), self.sigma_data)
+            scaled = x_t / alpha
+            return c_skip * scaled + c_out * self.dnn(torch.cat([c_in * scaled, y], dim=1), t)
         out = self.dnn(torch.cat([x_t, y], dim=1), t)
+        if self.output_scaling == "after":
+            out = out / t.reshape(-1, 1, 1, 1)
         return -out if self.sde.prediction == "score" else out
 
     def configure_optimizers(self):
@@ -110,7 +135,7 @@ class ScoreModel(pl.LightningModule):
         # out, or it would poison the steps that draw from the bank after it is skipped
         if training and torch.isfinite(own).all():
             self.noise_bank.push(own)
-        x_t = self.sde.perturb(clean, t, noise_mix, generator=on_device)
+        x_t = self.sde.perturb(clean, t, noise_mix, generator=on_device, y=noisy)
         return self.loss_fn(self(x_t, noisy, t) - clean)
 
     def _score_matching_loss(self, clean, noisy, t, generator=None):

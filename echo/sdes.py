@@ -85,8 +85,9 @@ class EchoSDE:
         u = torch.rand(batch_size, device=device, generator=generator)
         return self.t_eps + u * (self.T - self.t_eps)
 
-    def perturb(self, x0, t, noise_mix, generator=None):
-        """x_t = alpha(t) x0 + sigma(t) (eps + t n_mix); ``noise_mix`` None means eps alone."""
+    def perturb(self, x0, t, noise_mix, generator=None, y=None):
+        """x_t = alpha(t) x0 + sigma(t) (eps + t n_mix); ``noise_mix`` None means eps alone
+        (``y``, the noisy condition, is not part of this process)."""
         z = complex_randn_like(x0, generator)
         if noise_mix is not None:
             z = z + _per_example(t, x0) * noise_mix
@@ -187,3 +188,46 @@ class OUVESDE:
     def prior_sampling(self, y, generator=None):
         std = self._std(torch.ones(y.shape[0], device=y.device))
         return y + _per_example(std, y) * complex_randn_like(y, generator)
+
+
+@SDERegistry.register("predictive")
+class PredictiveProcess:
+    """No diffusion: the network maps the noisy spectrogram to clean speech in one pass.
+
+    The baseline that asks whether the diffusion part pays: the same backbone and loss, trained
+    on the same data, with the state channels holding the noisy input itself and t fixed at 1.
+    Sampling is a single network evaluation (``ddim`` at N = 1 returns the estimate)."""
+
+    T = 1.0
+    prediction = "data"
+    default_predictor = "ddim"
+
+    def __init__(self, N=1, t_eps=0.04, **ignored):
+        self.N, self.t_eps = 1, float(t_eps)
+
+    @staticmethod
+    def add_argparse_args(parser):
+        group = parser.add_argument_group("predictive baseline")
+        group.add_argument("--N", type=int, default=1, help="Network evaluations per file (always 1)")
+        return parser
+
+    def hparams(self):
+        return dict(N=1, t_eps=self.t_eps)
+
+    def copy(self, **changes):
+        return type(self)(t_eps=changes.get("t_eps", self.t_eps))
+
+    def sample_t(self, batch_size, device, generator=None):
+        return torch.ones(batch_size, device=device)
+
+    def alpha(self, t):
+        return torch.ones_like(t) if torch.is_tensor(t) else 1.0
+
+    def sigma(self, t):
+        return torch.ones_like(t) if torch.is_tensor(t) else 1.0
+
+    def perturb(self, x0, t, noise_mix, generator=None, y=None):
+        return y
+
+    def prior_sampling(self, y, generator=None):
+        return y

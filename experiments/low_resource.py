@@ -15,8 +15,8 @@ exactly what a user would get from them. Writes into --results_dir:
 
 and links low_resource_notes.md (hand-written commentary) when that file exists. Scratch files
 (data, checkpoints, enhanced audio, logs) go to --work_dir; with --resume, stages whose command
-line and inputs are unchanged are reused, so --extra_rows echo@N20 adds a sampler setting to a
-finished run without training again.
+line and inputs are unchanged are reused, so --extra_rows echo@N20 echo@ddim3 adds sampler
+settings to a finished run without training again.
 
 The defaults are a CPU-sized run (a tiny network, a few hundred steps); the paper-sized
 version is the same script with larger flags, e.g. --nf 128 --ch_mult 1 1 2 2 2 2 2
@@ -28,6 +28,7 @@ import csv
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -36,6 +37,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from low_resource_report import (METRIC_LABELS, plot, result_rows, without_nan,  # noqa: E402
+                                 without_resume_keys, write_markdown)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -52,10 +57,9 @@ VARIANTS = {
     # ouve vs no_deform isolates the forward process and the loss
     "ouve": ("SGMSE+ (OUVE score matching, plain NCSN++)", ["--sde", "ouve", "--no-deform"]),
 }
-METRIC_LABELS = {"pesq": "PESQ", "estoi": "ESTOI", "stoi": "STOI", "si_sdr": "SI-SDR (dB)",
-                 "si_sir": "SI-SIR (dB)", "si_sar": "SI-SAR (dB)", "csig": "CSIG", "cbak": "CBAK",
-                 "covl": "COVL", "ssnr": "segSNR (dB)"}
-NOISY_ROW = "noisy"
+# --extra_rows forms that name an enhancement.py --predictor (-> its label in the results); they
+# step over the continuous ECHO marginal, so any N >= 1 works but only ECHO-SDE checkpoints qualify
+ROW_PREDICTORS = {"ddim": "DDIM", "ddpm": "DDPM"}
 
 
 class StageFailed(RuntimeError):
@@ -135,9 +139,12 @@ def build_parser():
     sampler.add_argument("--single_step", action=argparse.BooleanOptionalAction, default=True,
                          help="also enhance with N = 1 (one network evaluation: the clean-speech "
                               "prediction alone) for every ECHO-SDE variant, as extra rows")
-    sampler.add_argument("--extra_rows", nargs="*", default=[], metavar="VARIANT@N<steps>",
-                         help="more rows enhanced with a trained variant's checkpoint at another N, "
-                              "e.g. echo@N20 (no extra training)")
+    sampler.add_argument("--extra_rows", nargs="*", default=[], metavar="VARIANT@<N|ddim|ddpm><steps>",
+                         help="more rows enhanced with a trained variant's checkpoint (no extra training): "
+                              "VARIANT@N<steps> keeps the checkpoint's sampler at another N, e.g. echo@N20 "
+                              "(ECHO's chain: N = 1 or N >= 10); VARIANT@ddim<steps> and VARIANT@ddpm<steps> "
+                              "switch to enhancement.py --predictor ddim (deterministic) or ddpm (stochastic) "
+                              "at any N >= 1, e.g. echo@ddim3 (ECHO-SDE variants only, not ouve)")
     return parser
 
 
@@ -151,19 +158,32 @@ def check_args(args):
     if args.n_train < 1 or args.n_valid < 1 or args.max_steps < 1:
         sys.exit("error: --n_train, --n_valid and --max_steps must be at least 1")
     for row in args.extra_rows:
-        variant, n_steps = parse_extra_row(row)
+        variant, _, _ = parse_extra_row(row)
         if variant not in args.variants:
             sys.exit(f"error: --extra_rows {row}: '{variant}' is not among --variants")
-        if sde_of(variant) == "echo" and 1 < n_steps < 10:
-            sys.exit(f"error: --extra_rows {row}: the ECHO chain needs N = 1 or N >= 10")
 
 
 def parse_extra_row(text):
-    """'echo@N20' -> ('echo', 20)."""
-    variant, _, steps = text.partition("@N")
-    if variant not in VARIANTS or not steps.isdigit() or int(steps) < 1:
-        sys.exit(f"error: --extra_rows {text}: expected VARIANT@N<steps>, e.g. echo@N20")
-    return variant, int(steps)
+    """'echo@N20' -> ('echo', None, 20): the checkpoint's own predictor; 'echo@ddim3' ->
+    ('echo', 'ddim', 3)."""
+    variant, _, setting = text.partition("@")
+    match = re.fullmatch(rf"(N|{'|'.join(ROW_PREDICTORS)})([0-9]+)", setting)
+    if variant not in VARIANTS or not match or int(match[2]) < 1:
+        sys.exit(f"error: --extra_rows {text}: expected VARIANT@N<steps>, VARIANT@ddim<steps> or "
+                 "VARIANT@ddpm<steps>, e.g. echo@N20 or echo@ddim3")
+    predictor = None if match[1] == "N" else match[1]
+    n_steps = int(match[2])
+    if predictor is None and sde_of(variant) == "echo" and 1 < n_steps < 10:
+        sys.exit(f"error: --extra_rows {text}: the ECHO chain needs N = 1 or N >= 10 "
+                 f"(or {variant}@ddim{n_steps} for a few-step sampler)")
+    if predictor is not None and sde_of(variant) != "echo":
+        sys.exit(f"error: --extra_rows {text}: the {predictor} predictor needs an ECHO-SDE variant; "
+                 f"'{variant}' is trained with --sde {sde_of(variant)} (use {variant}@N<steps>)")
+    return variant, predictor, n_steps
+
+
+def row_name(variant, predictor, n_steps):
+    return f"{variant}@{predictor or 'N'}{n_steps}"
 
 
 def sde_of(variant):
@@ -309,16 +329,18 @@ def enhancement_device(accelerator):
     return {"gpu": "cuda", "cuda": "cuda", "cpu": "cpu", "mps": "mps"}.get(accelerator, "auto")
 
 
-def enhance_argv(args, ckpt, n_steps, noisy_dir, out_dir):
-    """The checkpoint's own sampler; only N may be overridden."""
+def enhance_argv(args, ckpt, predictor, n_steps, noisy_dir, out_dir):
+    """The checkpoint's own sampler settings except the predictor and N, where given (None:
+    the checkpoint's)."""
     argv = ["enhancement.py", "--test_dir", str(noisy_dir), "--enhanced_dir", str(out_dir), "--ckpt", ckpt,
             "--seed", str(args.seed), "--device", enhancement_device(args.accelerator)]
+    argv += ["--predictor", predictor] if predictor is not None else []
     return argv + (["--N", str(n_steps)] if n_steps is not None else [])
 
 
-def enhance(args, row, trained, n_steps, noisy_dir, test_files, work, env):
+def enhance(args, row, trained, predictor, n_steps, noisy_dir, test_files, work, env):
     out_dir = work / "enhanced" / row
-    argv = enhance_argv(args, trained["ckpt"], n_steps, noisy_dir, out_dir)
+    argv = enhance_argv(args, trained["ckpt"], predictor, n_steps, noisy_dir, out_dir)
 
     def run():
         if out_dir.exists():
@@ -329,6 +351,7 @@ def enhance(args, row, trained, n_steps, noisy_dir, test_files, work, env):
                 "nfe": info["nfe_per_sampling_pass"], "sampling_wall_s": info["wall_seconds"],
                 "audio_s": info["audio_seconds"]}
 
+    # argv names the predictor and N, so a record of another sampler setting is never reused
     key = {"argv": argv, "train": trained["key"], "test_files": test_files}
     return cached_stage(work / "records" / f"enhance_{row}.json", args.resume, key, run)
 
@@ -367,255 +390,30 @@ def read_scores(results_csv):
 
 
 # --------------------------------------------------------------------------------------------
-# Statistics
-# --------------------------------------------------------------------------------------------
-
-def mean_ci95(values):
-    """(mean, half-width of the 95% t-interval of the mean, n) over the finite values (a
-    record read back from JSON holds None where a metric was not computable)."""
-    from scipy import stats
-    finite = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    n = len(finite)
-    if n == 0:
-        return math.nan, math.nan, 0
-    if n == 1:
-        return float(finite[0]), math.nan, 1
-    half = stats.t.ppf(0.975, n - 1) * finite.std(ddof=1) / math.sqrt(n)
-    return float(finite.mean()), float(half), n
-
-
-def paired_gain(enhanced, noisy):
-    """Mean +- 95% CI of the per-file improvement over the noisy input: much tighter than the
-    difference of two unpaired intervals, since the files' difficulty cancels out."""
-    return mean_ci95([e - n for e, n in zip(enhanced, noisy) if e is not None and n is not None])
-
-
-# --------------------------------------------------------------------------------------------
-# Reports
-# --------------------------------------------------------------------------------------------
-
-def result_rows(records, metrics):
-    """Table rows, the noisy input first: dicts with the label, NFE, times and statistics."""
-    first = next(iter(records.values()))
-    rows = [{"row": NOISY_ROW, "label": "noisy input (no enhancement)", "nfe": 0,
-             "stats": {m: mean_ci95(first["scores"]["noisy"][m]) for m in metrics}, "gain": {}}]
-    for row, rec in records.items():
-        scores = rec["scores"]
-        rows.append({"row": row, "variant": rec["variant"], "label": rec["label"], "nfe": rec["enhance"]["nfe"],
-                     "sampler": rec["enhance"]["sampler"], "train_wall_s": rec["train"]["wall_s"],
-                     "steps": rec["train"]["steps"], "params": rec["train"]["params"],
-                     "enhance_wall_s": rec["enhance"]["wall_s"],
-                     "rtf": rec["enhance"]["sampling_wall_s"] / max(rec["enhance"]["audio_s"], 1e-9),
-                     "stats": {m: mean_ci95(scores["enhanced"][m]) for m in metrics},
-                     "gain": {m: paired_gain(scores["enhanced"][m], scores["noisy"][m]) for m in metrics}})
-    return rows
-
-
-def fmt_ci(stat, digits):
-    mean, half, _ = stat
-    if not math.isfinite(mean):
-        return "n/a"
-    return f"{mean:.{digits}f} ± {half:.{digits}f}" if math.isfinite(half) else f"{mean:.{digits}f}"
-
-
-def digits_for(metric):
-    return 2 if metric.startswith("si_") or metric == "ssnr" else 3
-
-
-def sampler_text(sampler):
-    if not sampler:
-        return "-"
-    text = f"{sampler['predictor']}"
-    if sampler.get("corrector", "none") != "none":
-        text += f" + {sampler['corrector']} (snr {sampler['snr']:g})"
-    return f"{text}, N={sampler['N']}"
-
-
-def train_wall_cell(row):
-    """The training time, or which row's checkpoint a one-step row reuses (trained once)."""
-    if "train_wall_s" not in row:
-        return "-"
-    if row["row"] != row["variant"]:  # another sampler setting of a trained variant
-        return f"(= `{row['variant']}`)"
-    return f"{row['train_wall_s']:.0f}"
-
-
-def markdown_table(rows, metrics):
-    head = ["variant", *[METRIC_LABELS[m] for m in metrics], "NFE", "sampler", "train wall (s)",
-            "enhance wall (s)", "RTF"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [f"`{r['row']}`", *[fmt_ci(r["stats"][m], digits_for(m)) for m in metrics], str(r["nfe"]),
-                 sampler_text(r.get("sampler")),
-                 train_wall_cell(r),
-                 f"{r['enhance_wall_s']:.0f}" if "enhance_wall_s" in r else "-",
-                 f"{r['rtf']:.2f}" if "rtf" in r else "-"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def gain_table(rows, metrics):
-    head = ["variant", *[f"Δ {METRIC_LABELS[m]}" for m in metrics]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows[1:]:
-        cells = [f"`{r['row']}`"]
-        for m in metrics:
-            mean, half, _ = r["gain"][m]
-            mark = " *" if math.isfinite(half) and abs(mean) > half else ""  # CI excludes 0
-            cells.append(fmt_ci(r["gain"][m], digits_for(m)) + mark)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def summary_lines(rows, metrics):
-    """What the table says, computed rather than written by hand, so a rerun cannot leave a
-    stale sentence behind."""
-    lines = []
-    for m in metrics:
-        best = max(rows[1:], key=lambda r: r["stats"][m][0])
-        better = [f"`{r['row']}`" for r in rows[1:] if r["gain"][m][0] - r["gain"][m][1] > 0]
-        lines.append(f"- {METRIC_LABELS[m]}: best row `{best['row']}` ({fmt_ci(best['stats'][m], digits_for(m))}; "
-                     f"noisy {fmt_ci(rows[0]['stats'][m], digits_for(m))}); significantly above the noisy "
-                     f"input (paired CI above 0): {', '.join(better) or 'none'}.")
-    return "\n".join(lines)
-
-
-def variant_legend(rows):
-    return "\n".join(f"- `{r['row']}`: {r['label']}" for r in rows)
-
-
-def budget_text(args, n_test, params, total_wall):
-    model = (f"NCSN++ nf={args.nf}, ch_mult={' '.join(map(str, args.ch_mult))}, "
-             f"num_res_blocks={args.num_res_blocks}, attention at {args.attn_resolutions or 'none'} "
-             f"({', '.join(f'{k}: {v:,}' for k, v in params.items())} parameters)")
-    return "\n".join([
-        f"- Training data: {args.n_train} pairs of {args.segment_seconds:g} s "
-        f"({args.n_train * args.segment_seconds / 60:.1f} min), {Path(args.speech_dir).name} speech + "
-        f"{Path(args.noise_dir).name} noise at {args.snr_min:g}..{args.snr_max:g} dB SNR "
-        f"(`echo.data.mix`, seed {args.seed}); {args.n_valid} validation pairs (loss only).",
-        f"- Model: {model}.",
-        f"- Budget per variant: {args.max_steps} steps, batch {args.batch_size}, {args.num_frames}-frame crops, "
-        f"Adam lr {args.lr:g}, EMA {args.ema_decay:g} (EMA weights enhance), seed {args.seed}, "
-        f"accelerator {args.accelerator}" + (f", max_time {args.max_time}" if args.max_time else "") + ".",
-        f"- Test: {n_test} pairs of `{args.test_noisy_dir}` (evenly spaced in name order); "
-        "a cross-dataset condition: other speakers, other noises, other recording chain than training.",
-        f"- Total wall time of the experiment (sum of its stages): {total_wall / 60:.1f} min.",
-    ])
-
-
-def without_nan(value):
-    """A copy for JSON with NaN as null (JSON has no NaN) and tuples as lists."""
-    if isinstance(value, dict):
-        return {k: without_nan(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [without_nan(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def without_resume_keys(value):
-    """A copy without the stages' resume keys: they repeat every command line and only matter
-    inside --work_dir."""
-    if isinstance(value, dict):
-        return {k: without_resume_keys(v) for k, v in value.items() if k != "key"}
-    return value
-
-
-def write_markdown(path, args, rows, metrics, n_test, params, total_wall, command):
-    notes = path.with_name(path.stem + "_notes.md")  # hand-written commentary, if any
-    commentary = f"\nCommentary on this run: [{notes.name}]({notes.name}).\n" if notes.is_file() else ""
-    text = f"""# Low-resource experiment: ECHO ablations and the SGMSE+ baseline
-
-```
-{command}
-```
-
-## Budget
-
-{budget_text(args, n_test, params, total_wall)}
-
-## Results (mean ± 95% CI over the {n_test} test files)
-
-{markdown_table(rows, metrics)}
-
-{summary_lines(rows, metrics)}
-{commentary}
-Variants:
-
-{variant_legend(rows)}
-
-Paired improvement over the noisy input (per-file difference, mean ± 95% CI; * = the interval
-excludes zero):
-
-{gain_table(rows, metrics)}
-
-![metrics per variant](low_resource.png)
-
-Notes:
-- 95% CIs are Student-t intervals of the mean over files; NFE = network evaluations per file.
-- Wall times are whole subprocesses (start-up and model loading included) on a shared, loaded
-  machine: compare them with care. RTF = sampling time / audio duration, without the loading.
-- Every variant used the same data, seed, model size and step budget; only the flags of
-  `experiments/low_resource.py`'s variant table differ. Per-file scores are in `low_resource.json`.
-- Metric definitions: `calc_metrics.py` (wide-band PESQ, ESTOI, SI-SDR by energy decomposition).
-"""
-    path.write_text(text)
-
-
-def plot(path, rows, metrics, title):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4.2), squeeze=False)
-    names = [r["row"] for r in rows]
-    x = np.arange(len(rows))
-    colors = ["0.55" if r["row"] == NOISY_ROW else ("C3" if r.get("sampler", {}).get("predictor") ==
-                                                    "reverse_diffusion" else "C0") for r in rows]
-    for ax, metric in zip(axes[0], metrics):
-        means = np.array([r["stats"][metric][0] for r in rows])
-        halves = np.nan_to_num(np.array([r["stats"][metric][1] for r in rows]))
-        noisy_mean, noisy_half, _ = rows[0]["stats"][metric]
-        ax.axhspan(noisy_mean - noisy_half, noisy_mean + noisy_half, color="0.85", zorder=0)
-        ax.axhline(noisy_mean, color="0.5", lw=1, ls="--", zorder=1)
-        for xi, mean, half, color, name in zip(x, means, halves, colors, names):
-            resampled = "@N" in name  # hollow: another sampler setting of a checkpoint shown before
-            ax.errorbar(xi, mean, yerr=half, fmt="s" if resampled else "o", color=color, capsize=4, ms=6,
-                        mfc="white" if resampled else color, zorder=2)
-        ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
-        ax.set_title(METRIC_LABELS[metric])
-        ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{title}\nfilled: each variant at its sampler; hollow: the same checkpoint at another N; "
-                 "red: SGMSE+; dashed line and grey band: noisy input", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-# --------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------
 
 def rows_for_variant(args, variant):
-    """(row name, N) pairs to enhance with: the checkpoint's sampler at the chosen N (None: the
-    checkpoint's default), the one-step prediction for ECHO-SDE variants when --single_step,
-    and the --extra_rows of this variant."""
+    """(row name, predictor, N) triples to enhance with: the checkpoint's sampler at the chosen N
+    (None: the checkpoint's predictor or N), the one-step prediction for ECHO-SDE variants when
+    --single_step, and the --extra_rows of this variant."""
     sde = sde_of(variant)
     n_steps = args.ouve_N if sde == "ouve" else args.echo_N
-    rows = {variant: n_steps}
+    rows = {variant: (None, n_steps)}
     if args.single_step and sde == "echo" and n_steps != 1:
-        rows[f"{variant}@N1"] = 1
+        rows[row_name(variant, None, 1)] = (None, 1)
     for text in args.extra_rows:
-        extra_variant, extra_steps = parse_extra_row(text)
-        if extra_variant == variant and extra_steps != n_steps:
-            rows[f"{variant}@N{extra_steps}"] = extra_steps
-    return list(rows.items())
+        extra_variant, predictor, extra_steps = parse_extra_row(text)
+        if extra_variant == variant and (predictor is not None or extra_steps != n_steps):
+            rows[row_name(variant, predictor, extra_steps)] = (predictor, extra_steps)
+    return [(row, predictor, steps) for row, (predictor, steps) in rows.items()]
 
 
-def row_label(variant, row, n_steps):
+def row_label(variant, row, predictor, n_steps):
     if row == variant:
         return VARIANTS[variant][0]
+    if predictor is not None:
+        return VARIANTS[variant][0] + f", {ROW_PREDICTORS[predictor]} N={n_steps}"
     return VARIANTS[variant][0] + (", one-step prediction" if n_steps == 1 else f", N={n_steps}")
 
 
@@ -637,11 +435,11 @@ def main(argv=None):
             trained = train_variant(args, variant, data, work, env)
             stage_walls.append(trained["wall_s"])
             params["plain" if "--no-deform" in VARIANTS[variant][1] else "deformable"] = trained["params"]
-            for row, n_steps in rows_for_variant(args, variant):
-                enhanced = enhance(args, row, trained, n_steps, noisy_dir, test_files, work, env)
+            for row, predictor, n_steps in rows_for_variant(args, variant):
+                enhanced = enhance(args, row, trained, predictor, n_steps, noisy_dir, test_files, work, env)
                 scores = score(args, row, enhanced, clean_dir, noisy_dir, work, env)
                 stage_walls += [enhanced["wall_s"], scores["wall_s"]]
-                records[row] = {"variant": variant, "label": row_label(variant, row, n_steps),
+                records[row] = {"variant": variant, "label": row_label(variant, row, predictor, n_steps),
                                 "train_flags": VARIANTS[variant][1], "train": trained, "enhance": enhanced,
                                 "scores": scores}
     except StageFailed as err:

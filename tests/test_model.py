@@ -38,7 +38,7 @@ def test_noise_bank_grows_in_training_only():
 
 def test_tiny_model_overfits_one_batch():
     torch.manual_seed(0)
-    model = ScoreModel(**TINY_BACKBONE, lr=2e-3)
+    model = ScoreModel(**TINY_BACKBONE, lr=2e-3, output_scaling="release")
     batch = fixed_batch()
     opt = model.configure_optimizers()
     losses = []
@@ -51,6 +51,58 @@ def test_tiny_model_overfits_one_batch():
         losses.append(loss.item())
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first / 3, (first, last)
+
+
+@pytest.mark.parametrize("scaling", ["none", "after", "edm"])
+def test_every_output_scaling_learns_one_batch(scaling):
+    torch.manual_seed(0)
+    model = ScoreModel(**TINY_BACKBONE, lr=2e-3, output_scaling=scaling)
+    batch = fixed_batch()
+    opt = model.configure_optimizers()
+    losses = []
+    for _ in range(80):
+        torch.manual_seed(1)
+        loss = model._step(batch, training=True)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) < sum(losses[:5]) / 2, losses
+
+
+def test_output_scaling_resolution_and_checkpoint_record():
+    from echo.output_scaling import DEFAULT_OUTPUT_SCALING, resolve_output_scaling
+    assert resolve_output_scaling() == DEFAULT_OUTPUT_SCALING
+    assert resolve_output_scaling(prediction="score") == "release"
+    # checkpoints written before --output_scaling existed carry scale_by_sigma only
+    assert resolve_output_scaling(None, True) == "release"
+    assert resolve_output_scaling(None, False) == "none"
+    with pytest.raises(ValueError, match="contradicts"):
+        resolve_output_scaling("edm", True)
+    with pytest.raises(ValueError, match="edm"):
+        resolve_output_scaling("edm", None, prediction="score")
+    model = ScoreModel(**TINY_BACKBONE)
+    assert model.hparams["output_scaling"] == DEFAULT_OUTPUT_SCALING  # resolved, not None
+    assert model.dnn.scale_by_sigma == (DEFAULT_OUTPUT_SCALING == "release")
+    old = ScoreModel(**TINY_BACKBONE, scale_by_sigma=True)
+    assert old.output_scaling == "release" and old.dnn.scale_by_sigma
+
+
+def test_edm_estimate_leans_on_the_state_at_small_t():
+    """With the network's output at zero (its init), the EDM estimate is c_skip x_t / alpha:
+    near zero at t = 1, most of the state at small t."""
+    from echo.output_scaling import edm_coefficients
+    model = ScoreModel(**TINY_BACKBONE, output_scaling="edm").eval()
+    for p in model.dnn.output_layer.parameters():
+        torch.nn.init.zeros_(p)
+    x = torch.randn(1, 1, 256, 16, dtype=torch.cfloat)
+    for t in (1.0, 0.04):
+        tt = torch.tensor([t])
+        alpha, sigma = model.sde.alpha(tt), model.sde.sigma(tt)
+        _, c_skip, _ = edm_coefficients(alpha, sigma, model.sigma_data)
+        with torch.no_grad():
+            assert torch.allclose(model(x, x, tt), c_skip * x / alpha, atol=1e-6)
+    assert edm_coefficients(model.sde.alpha(torch.tensor(1.0)), model.sde.sigma(torch.tensor(1.0)), 0.1)[1] < 0.001
 
 
 def test_ema_warmup():

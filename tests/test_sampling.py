@@ -55,15 +55,17 @@ def test_last_step_returns_the_estimate_without_noise(echo_model):
 
     step = EchoPosterior(EchoSDE(), model_fn, N=20)
     x = noisy_spec()
-    out, mean = step.update(x, x, torch.tensor([0.04]), torch.Generator().manual_seed(0))
+    out, mean = step.update(x, x, torch.tensor([0.04]), 19, torch.Generator().manual_seed(0))
     assert torch.equal(out, mean) and torch.equal(out, torch.full_like(x, 0.25))
 
 
 def test_step_index_walks_the_discrete_chain():
     sde = EchoSDE()
-    ks = [int(torch.floor(torch.tensor(t, dtype=torch.float64) * 19)) for t in torch.linspace(1, 0.04, 20, dtype=torch.float64).tolist()]
-    assert ks == list(range(19, -1, -1))
     step = EchoPosterior(sde, None, 20)
+    # the loop index gives the release's floor(t (N - 1)) wherever that formula is sound (N < 26)
+    release = [int(torch.floor(torch.tensor(t, dtype=torch.float64) * 19))
+               for t in torch.linspace(1, 0.04, 20, dtype=torch.float64).tolist()]
+    assert [step.chain_index(i) for i in range(20)] == release == list(range(19, -1, -1))
     betas, alphas, abar = sde.discrete_schedule(20)
     w_clean, w_state, var = step.coefficients(5)
     assert w_clean == pytest.approx(float(betas[5] * abar[4].sqrt() / (1 - abar[5])))
@@ -92,3 +94,62 @@ def test_ouve_baseline_trains_and_samples():
     loss.backward()
     out, nfe = sample(model.eval(), y, N=3)
     assert out.shape == y.shape and nfe == 6
+
+
+def test_ddim_takes_any_n_and_draws_only_the_prior(echo_model):
+    """DDIM's steps add no noise: the only random draw is the prior's, so two runs that start
+    from the same prior agree even when the generator differs afterwards; ddpm's steps draw."""
+    y = noisy_spec()
+    for n in (1, 2, 3, 5):
+        a, nfe = sample(echo_model, y, N=n, predictor="ddim", generator=torch.Generator().manual_seed(1))
+        b, _ = sample(echo_model, y, N=n, predictor="ddim", generator=torch.Generator().manual_seed(1))
+        assert nfe == n and torch.equal(a, b)
+    prior_draws = []
+
+    from echo.sampling import predictors
+    original = predictors.complex_randn_like
+    try:
+        predictors.complex_randn_like = lambda x, g=None: prior_draws.append(1) or original(x, g)
+        sample(echo_model, y, N=5, predictor="ddim", generator=torch.Generator().manual_seed(1))
+        assert prior_draws == []
+        sample(echo_model, y, N=5, predictor="ddpm", generator=torch.Generator().manual_seed(1))
+        assert len(prior_draws) == 4  # every step but the last
+    finally:
+        predictors.complex_randn_like = original
+
+
+def test_marginal_steps_keep_states_on_the_marginal():
+    """With s^ = s and x_t = alpha(t) s + sigma(t) z, a DDIM step lands exactly on
+    alpha(t') s + sigma(t') z, and the ddpm step's variance is the continuous posterior's."""
+    from echo.sampling.predictors import DDIM, ContinuousPosterior
+    sde = EchoSDE()
+    s = noisy_spec(1)
+    z = noisy_spec(2) * 10
+    step = DDIM(sde, lambda x, y, t: s, 10)
+    t, t_next = step.times[3], step.times[4]
+    x = sde.alpha(t) * s + sde.sigma(t) * z
+    out, _ = step.update(x, None, torch.tensor([t]), 3)
+    assert torch.allclose(out, sde.alpha(t_next) * s + sde.sigma(t_next) * z, atol=1e-5)
+    post = ContinuousPosterior(sde, None, 10)
+    _, w_state, std = post.coefficients(3)
+    a, sg, a2, sg2 = sde.alpha(t), sde.sigma(t), sde.alpha(t_next), sde.sigma(t_next)
+    var_step = sg ** 2 - (a / a2) ** 2 * sg2 ** 2
+    assert std ** 2 == pytest.approx(var_step * sg2 ** 2 / sg ** 2)
+    assert w_state == pytest.approx((a / a2) * sg2 ** 2 / sg ** 2)
+
+
+def test_predictive_baseline_trains_and_predicts_in_one_pass():
+    torch.manual_seed(0)
+    model = ScoreModel(**TINY_BACKBONE, sde="predictive")
+    assert sampler_defaults(model.sde)["predictor"] == "ddim" and model.sde.N == 1
+    y = noisy_spec()
+    loss = model._step((0.5 * y, y), training=True)
+    assert torch.isfinite(loss)
+    loss.backward()
+    model.eval()
+    out, nfe = sample(model, y)
+    with torch.no_grad():
+        direct = model(y, y, torch.ones(1))
+    assert nfe == 1 and torch.equal(out, direct)
+    with pytest.raises(SamplerError, match="one network evaluation"):
+        sample(model, y, N=3)

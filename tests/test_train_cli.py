@@ -78,3 +78,24 @@ def test_validation_scores_speech_and_draws_spectrograms(synth_dataset, tmp_path
     assert any(r["si_sdr"] for r in rows)
     assert list((version / "figures").glob("spectrograms_step*.png"))
     assert list((version / "checkpoints").glob("best-pesq-*.ckpt"))
+
+
+def test_max_time_is_the_budget_of_the_resumed_run(synth_dataset, tmp_path):
+    """A checkpoint whose run already used more than --max_time: the resumed run still trains
+    (Lightning's own timer would restore the spent time and stop before the first step)."""
+    last = run_train(synth_dataset, tmp_path, "--max_steps", "3", "--max_time", "00:01:00:00")
+    ckpt = torch.load(last, weights_only=True)
+    timers = [key for key in ckpt["callbacks"] if "Timer" in key]
+    assert timers
+    for key in timers:
+        ckpt["callbacks"][key] = {"time_elapsed": {"train": 7200.0, "sanity_check": 0.0, "validate": 0.0,
+                                                   "test": 0.0, "predict": 0.0}}
+    torch.save(ckpt, last)
+    resumed = run_train(synth_dataset, tmp_path, "--max_steps", "5", "--max_time", "00:01:00:00", "--ckpt", str(last))
+    assert torch.load(resumed, weights_only=True)["global_step"] == 5
+
+
+def test_bad_max_time_is_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "train.py", "--base_dir", str(tmp_path), "--max_time", "30min"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2 and "--max_time 30min" in out.stderr and "Traceback" not in out.stderr

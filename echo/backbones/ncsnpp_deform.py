@@ -57,8 +57,9 @@ class NCSNppDeform(nn.Module):
                            help="Deformable stem, pyramid combiners and output layer; --no-deform gives plain NCSN++ (default on)")
         group.add_argument("--zero_init_offsets", action=argparse.BooleanOptionalAction, default=False,
                            help="Start the stem/combiner offset predictors at zero (the release does not; default off)")
-        group.add_argument("--scale_by_sigma", action=argparse.BooleanOptionalAction, default=True,
-                           help="Divide the output pyramid by t before the output layer, as the release does (default on)")
+        group.add_argument("--scale_by_sigma", action=argparse.BooleanOptionalAction, default=None,
+                           help="Older spelling of --output_scaling release (--scale_by_sigma) or none "
+                                "(--no-scale_by_sigma); default: as --output_scaling says")
         return parser
 
     def __init__(self, nf=128, ch_mult=(1, 1, 2, 2, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),

@@ -1,7 +1,12 @@
 """Predictor-corrector sampling of the reverse process.
 
 ``sample(model, y)`` walks the time grid linspace(1, t_eps, N); at each time the corrector
-(if any) refines the state, then the predictor steps to the next time. Defaults (N, t_eps,
+(if any) refines the state, then the predictor steps to the next time.
+
+Predictors for the clean-speech-predicting ``echo`` SDE: ``echo_posterior`` (the release's
+discrete DDPM chain, N = 1 or N >= beta_max), ``ddim`` (deterministic steps over the
+continuous marginal, any N >= 1) and ``ddpm`` (the same with the exact continuous-time
+posterior noise). For the score-based ``ouve`` SDE: ``reverse_diffusion``. Defaults (N, t_eps,
 predictor, corrector) come from the model's SDE, so a checkpoint samples the way it was
 meant to unless a flag says otherwise.
 """
@@ -37,7 +42,10 @@ def _check(sde_name, sde, predictor, corrector, N, corrector_steps):
     if predictor == "echo_posterior" and beta_max is not None and N > 1 and beta_max / N > 1:
         # the discrete chain's last beta_k = beta_max / N would exceed 1 (alpha_k < 0)
         raise SamplerError(f"N={N} is too small for the discrete chain of this SDE (beta_max/N = "
-                           f"{beta_max / N:.2f} > 1): use N >= {int(-(-beta_max // 1))} or N = 1 (one-step prediction)")
+                           f"{beta_max / N:.2f} > 1): use N >= {int(-(-beta_max // 1))}, N = 1 (one-step prediction), "
+                           f"or --predictor ddim, which takes any N")
+    if sde_name == "predictive" and N != 1:
+        raise SamplerError(f"N={N}: a predictive model takes one network evaluation (N = 1)")
     if predictor == "none" and corrector == "none":
         raise SamplerError("predictor and corrector are both 'none': nothing would be sampled")
     if N < 1 or corrector_steps < 1:
@@ -76,9 +84,9 @@ def sample(model, y, N=None, predictor=None, corrector=None, corrector_steps=Non
     refine = CorrectorRegistry.get_by_name(corrector)(sde, score_fn, snr, corrector_steps)
     x = sde.prior_sampling(y, generator)
     x_mean = x
-    for t_value in torch.linspace(sde.T, t_eps, N, dtype=torch.float64).tolist():
+    for i, t_value in enumerate(torch.linspace(sde.T, t_eps, N, dtype=torch.float64).tolist()):
         t = torch.full((y.shape[0],), t_value, device=y.device, dtype=y.real.dtype)
         x, x_mean = refine.update(x, y, t, generator)
-        x, x_mean = step.update(x, y, t, generator)
+        x, x_mean = step.update(x, y, t, i, generator)
     # the last step's noise-free mean is the estimate
     return x_mean, nfe
