@@ -20,8 +20,9 @@ A file that cannot be read or enhanced is reported on one line naming it; the ot
 enhanced and the exit status is 1. Setup errors (missing or empty folder, an output folder that
 cannot be written, unusable checkpoint, sampler settings the model cannot use) print one line
 and exit with 2. Sampler flags left out take the
-checkpoint's own defaults. The seed, the arguments, the sampler settings and the number of
-network evaluations (NFE) are written to run_info.json in --enhanced_dir.
+checkpoint's own defaults. The seed, the arguments, the sampler settings, the network's
+precision and the number of network evaluations (NFE) are written to run_info.json in
+--enhanced_dir.
 """
 import argparse
 import json
@@ -42,6 +43,7 @@ from echo.sampling import CorrectorRegistry, PredictorRegistry, SamplerError, sa
 from echo.util.audio import (AudioError, check_writable_folder, list_audio, read_audio, remove_stale_partials,
                              write_audio_atomic)
 from echo.util.other import write_run_info
+from echo.util.precision import ALIASES, PRECISIONS, PrecisionError, resolve_precision, set_inference_precision
 from echo.util.seeding import derive_seed
 
 RUN_INFO_JSON = "run_info.json"
@@ -86,6 +88,12 @@ def build_parser():
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                      help="where the network runs; auto (default): CUDA, else Apple MPS, else CPU")
+    run.add_argument("--precision", default="32", choices=PRECISIONS + tuple(ALIASES), metavar="{auto,32,bf16,16}",
+                     help="number format of the network's weights and activations: 32 (fp32, default), bf16 "
+                          "or 16 (fp16); the sampler, the STFT and the output stay fp32. auto: bf16 where the "
+                          "hardware multiplies bf16 natively (CPU: AVX512-BF16 or AMX; GPU: native bf16), else "
+                          "fp32. The first line printed says which. Lightning's spellings (bf16-mixed, "
+                          "32-true, ...) are accepted")
     run.add_argument("--seed", type=int, default=0,
                      help="seed of the sampler's noise; with the file's relative name it seeds one "
                           "generator per file (same seed and settings: bit-identical samples on the CPU; "
@@ -286,10 +294,15 @@ def warn_if_settings_differ(enhanced_dir, settings, n_skipped):
 def run(args) -> int:
     check_args(args)
     todo, skipped = plan_jobs(args.test_dir, args.enhanced_dir, args.overwrite)
+    device = resolve_device(args.device)
+    try:
+        precision, precision_line = resolve_precision(args.precision, device)
+    except PrecisionError as err:
+        raise SetupError(f"--precision {args.precision}: {err}") from None
+    print(precision_line, flush=True)
     stale = remove_stale_partials(args.enhanced_dir)
     if stale:
         print(f"removed {len(stale)} unfinished temporary file(s) of an interrupted run", file=sys.stderr)
-    device = resolve_device(args.device)
     if not todo:  # a finished run resumed: nothing to load the model for
         print(f"done 0, skipped {len(skipped)}, failed 0 | nothing to enhance in {args.test_dir} "
               f"(outputs exist: pass --overwrite to redo them)")
@@ -300,11 +313,12 @@ def run(args) -> int:
         model = load_model(args.ckpt, device)
     except CheckpointError as err:
         raise SetupError(str(err)) from None
+    set_inference_precision(model, precision)
     load_seconds = time.perf_counter() - load_start
     sampler_kwargs = sampler_kwargs_from(args)
     sampler = resolved_sampler_settings(model, sampler_kwargs)
     nfe = check_sampler(model, sampler_kwargs)
-    settings = dict(seed=args.seed, sampler=sampler, ckpt=str(Path(args.ckpt).resolve()),
+    settings = dict(seed=args.seed, sampler=sampler, precision=precision, ckpt=str(Path(args.ckpt).resolve()),
                     chunking=dict(chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
                                   batch_chunks=args.batch_chunks))
     warn_if_settings_differ(args.enhanced_dir, settings, len(skipped))

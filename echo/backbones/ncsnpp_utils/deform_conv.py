@@ -73,11 +73,22 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
     input [B, C, H, W]; offset [B, 2*G*kh*kw, Ho, Wo], (dy, dx) pairs per kernel tap, tap-major
     within each of the G offset groups; weight [O, C // groups, kh, kw] (groups = C // weight
     channels); mask [B, G*kh*kw, Ho, Wo] or None (DCNv1, no modulation).
+
+    bfloat16/float16 inputs or offsets (bf16 weights, or autocast) take the pure-PyTorch path,
+    which places the samples at float32 positions; torchvision's kernel would place them at
+    the offsets' precision or refuse the dtype.
     """
-    if _backend == TORCHVISION:
+    if _backend == TORCHVISION and not _low_precision(input, offset):
         return _torchvision_deform_conv2d(input, offset, weight, bias, stride=_pair(stride),
                                           padding=_pair(padding), dilation=_pair(dilation), mask=mask)
     return deform_conv2d_torch(input, offset, weight, bias, stride, padding, dilation, mask)
+
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _low_precision(*tensors: torch.Tensor) -> bool:
+    return any(t.dtype in LOW_PRECISION for t in tensors)
 
 
 def _output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -125,6 +136,12 @@ def _sampling_grid(offset, in_hw, kernel_hw, stride, padding, dilation, offset_g
     """
     batch, _, out_h, out_w = offset.shape
     (in_h, in_w), (kh, kw) = in_hw, kernel_hw
+    if offset.dtype in LOW_PRECISION:
+        # bf16 keeps 8 significant bits: on a 256-bin axis the undeformed positions alone are
+        # off by up to half a pixel, and the offsets added to them by as much again. Under bf16
+        # autocast that moved the network's output by its own size (relative difference ~1 from
+        # float32 on a trained model); with float32 positions the difference is bf16 rounding.
+        offset = offset.float()
     rows = _normalised_tap_positions(in_h, out_h, kh, stride[0], padding[0], dilation[0], offset)
     cols = _normalised_tap_positions(in_w, out_w, kw, stride[1], padding[1], dilation[1], offset)
     base = torch.stack(torch.broadcast_tensors(rows[:, None, :, None], cols[None, :, None, :]), dim=-1)
@@ -183,8 +200,15 @@ def deform_conv2d_torch(input: torch.Tensor, offset: torch.Tensor, weight: torch
     grid = _sampling_grid(offset, (in_h, in_w), (kh, kw), stride, padding, dilation, offset_groups)
     grouped_input = input.reshape(batch * offset_groups, channels // offset_groups, in_h, in_w)
     # grid_sample reads grid[..., 0] along the last axis; the grid is in (row, column) order.
-    sampled = F.grid_sample(grouped_input.transpose(2, 3), grid, mode="bilinear", padding_mode="zeros",
-                            align_corners=False)
+    if grid.dtype != input.dtype:
+        # bf16/fp16 input with its float32 grid (see _sampling_grid): grid_sample takes one
+        # dtype, so the gather runs in float32 (few channels: ECHO's deformable convolutions
+        # read the 4-channel input) and its result returns to the input's dtype for the matmul
+        sampled = F.grid_sample(grouped_input.transpose(2, 3).to(grid.dtype), grid, mode="bilinear",
+                                padding_mode="zeros", align_corners=False).to(input.dtype)
+    else:
+        sampled = F.grid_sample(grouped_input.transpose(2, 3), grid, mode="bilinear", padding_mode="zeros",
+                                align_corners=False)
     if mask is not None:
         sampled = sampled * mask.reshape(batch * offset_groups, 1, taps * out_hw[0], out_hw[1])
 
