@@ -36,7 +36,7 @@ from echo.model import NonFiniteLossError, ScoreModel
 from echo.output_scaling import resolve_output_scaling
 from echo.sdes import SDERegistry
 from echo.util.audio import AudioError, check_writable_folder, remove_stale_partials, staged_file
-from echo.util.other import group_values, write_run_info
+from echo.util.other import group_values, positive_int, write_run_info
 
 MODEL_GROUPS = ("model", "data", "NCSN++ (deformable) backbone", "ECHO SDE", "OUVE SDE", "predictive baseline")
 
@@ -147,16 +147,6 @@ def make_logger(kind, log_dir, name):
     if kind == "tensorboard":
         return pl.loggers.TensorBoardLogger(save_dir=log_dir, name=name)
     return pl.loggers.WandbLogger(save_dir=log_dir, name=name)  # WANDB_MODE=offline works without network
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
-    return value
 
 
 def parse_devices(text):

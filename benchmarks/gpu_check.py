@@ -46,6 +46,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `python benchmarks/gpu_check.py` puts benchmarks/, not the repository, on the path
+from echo.util.other import git_commit, positive_int  # noqa: E402
 
 RESULTS_DIR = REPO / "benchmarks" / "results"
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -59,16 +60,6 @@ BF16_TOLERANCE = 0.05
 FEW_STEP_PREDICTOR, FEW_STEP_N = "ddim", 3
 DEFAULT_N = 20
 ENH_SECONDS = 2.5
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
-    return value
 
 
 def build_parser():
@@ -157,16 +148,6 @@ def timed_median(fn, device, repeats, warmup=2):
     return round(statistics.median(times), 3), [round(t, 3) for t in times]
 
 
-def git_commit():
-    def run(*cmd):
-        result = subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True)
-        return result.stdout.strip() if result.returncode == 0 else None
-
-    commit = run("rev-parse", "HEAD")
-    dirty = run("status", "--porcelain", "--untracked-files=no")
-    return None if commit is None else commit + ("+dirty" if dirty else "")
-
-
 def environment():
     import torch
 
@@ -176,7 +157,7 @@ def environment():
     toolkit = build.cuda_toolkit() if torch.version.cuda else None
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
+        "git_commit": git_commit(REPO, full=True),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
@@ -373,19 +354,11 @@ def check_parity(device, frames):
 # Parts: speed and bf16
 
 
-def train_step_fn(model, optimizer, averaged, batch, autocast_dtype=None):
-    import torch
+def train_step_fn(*args, **kwargs):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from benchlib.speed import train_step_fn as step_fn  # imports torch: only once a part runs
 
-    def step():
-        with torch.autocast(batch[0].device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = model._step(batch, training=True)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        averaged.update_parameters(model)
-        return loss
-
-    return step
+    return step_fn(*args, **kwargs)
 
 
 def training_setup(device, batch_size, frames):
@@ -561,8 +534,6 @@ def enhancement_audio():
 
 
 def check_rtf(device):
-    import torch
-
     from echo.enhance import enhance_audio
     from echo.sampling import PredictorRegistry
 

@@ -46,13 +46,10 @@ DATA = dict(n_train=128, n_valid=4, n_test=8, seconds=2.0, snr_min=0.0, snr_max=
 # A tiny NCSN++ with the deformable stem, combiners and output layer of the full model: 4
 # levels instead of 7, 16 channels instead of 128, no attention (0.44 M parameters instead of
 # 65.6 M). One training step on 8 crops of 64 frames (0.5 s) takes about 1 s on 2 free cores.
-# --no-scale_by_sigma: the release divides the output pyramid by t, a leftover of score
-# models. A network that predicts clean speech must then undo a 25-fold gain at t = 0.04,
-# which a short run does not learn: its estimates at the smallest times (the last sampler
-# step) were still worse than the noisy input after 300 steps, while without the division
-# they were as good as at larger t (about 11 dB SI-SDR) after 200 steps.
-MODEL_FLAGS = ["--nf", "16", "--ch_mult", "1", "2", "2", "2", "--num_res_blocks", "1", "--attn_resolutions",
-               "--no-scale_by_sigma"]
+# The output scaling and the normalisation of training crops are the defaults (no division of
+# the output by t, crops divided by their file's peak): with the release's division a short run
+# samples badly in several steps (see README, "What ECHO changes relative to the public release").
+MODEL_FLAGS = ["--nf", "16", "--ch_mult", "1", "2", "2", "2", "--num_res_blocks", "1", "--attn_resolutions"]
 
 # Short-run training: a learning rate ten times the paper's (stable for the tiny network) and
 # a fast EMA, because the checkpoint holds the EMA weights and the paper's decay of 0.999

@@ -19,8 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sampler_eval import parse_setting, summary  # noqa: E402
-from stats import fmt_ci  # noqa: E402
+from sampler_eval import markdown_table, parse_setting, summary  # noqa: E402
 
 # variant -> (what it is, train.py flags)
 VARIANTS = {
@@ -85,13 +84,7 @@ def report(args, records, walls):
     for variant, record in records.items():
         table = summary(record["results"])
         lines += [f"## `{variant}`: {VARIANTS[variant][0]} (train {walls.get(variant, float('nan')):.0f} s)", "",
-                  "| sampler | PESQ | Δ PESQ | Δ ESTOI | Δ SI-SDR (dB) | level (dB) | clipped | RTF |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for name, row in table.items():
-            lines.append(f"| {name} | {fmt_ci(*row['pesq'])} | {fmt_ci(*row['d_pesq'], 3, True)} | "
-                         f"{fmt_ci(*row['d_estoi'], 3, True)} | {fmt_ci(*row['d_si_sdr'], 2, True)} | "
-                         f"{row['level_db_median']:+.1f} | {row['clipped_max']:.4f} | "
-                         f"{'-' if row['rtf'] is None else format(row['rtf'], '.3f')} |")
+                  *markdown_table(table)]
         lines.append("")
     return "\n".join(lines)
 

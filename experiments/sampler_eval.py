@@ -27,7 +27,7 @@ from echo.checkpoints import load_model  # noqa: E402
 from echo.enhance import enhance_audio  # noqa: E402
 from echo.util.audio import list_audio, read_audio  # noqa: E402
 from echo.util.metrics import estoi, pesq_wb, si_sdr  # noqa: E402
-from stats import mean_ci95, paired_gain  # noqa: E402
+from stats import fmt_ci, mean_ci95, paired_gain  # noqa: E402
 
 CLIP_LEVEL = 32767 / 32768
 
@@ -109,6 +109,18 @@ def summary(results, metrics=("pesq", "estoi", "si_sdr")):
     return table
 
 
+def markdown_table(table):
+    """Lines of a markdown table of ``summary``'s rows: scores, paired gains, level, clipping, RTF."""
+    lines = ["| sampler | PESQ | Δ PESQ | Δ ESTOI | Δ SI-SDR (dB) | level (dB) | clipped | RTF |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, row in table.items():
+        lines.append(f"| {name} | {fmt_ci(*row['pesq'])} | {fmt_ci(*row['d_pesq'], 3, True)} | "
+                     f"{fmt_ci(*row['d_estoi'], 3, True)} | {fmt_ci(*row['d_si_sdr'], 2, True)} | "
+                     f"{row['level_db_median']:+.1f} | {row['clipped_max']:.4f} | "
+                     f"{'-' if row['rtf'] is None else format(row['rtf'], '.3f')} |")
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", required=True, help="checkpoint to evaluate")
@@ -120,11 +132,14 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", required=True, help="JSON file for the per-file scores and the summary")
+    parser.add_argument("--markdown", default=None, help="also write the summary table to this markdown file")
     args = parser.parse_args(argv)
     pairs = load_pairs(args.clean_dir, args.noisy_dir, args.n_files)
     results = evaluate(args.ckpt, pairs, args.settings, args.seed, args.threads)
     Path(args.out).write_text(json.dumps({"ckpt": args.ckpt, "files": [p[0] for p in pairs],
                                           "results": results, "summary": summary(results)}, indent=1))
+    if args.markdown:
+        Path(args.markdown).write_text("\n".join(markdown_table(summary(results))) + "\n")
     for name, row in summary(results).items():
         print(f"{name:20s} PESQ {row['pesq'][0]:.3f} ({row['d_pesq'][0]:+.3f})  SI-SDR {row['si_sdr'][0]:6.2f} "
               f"({row['d_si_sdr'][0]:+.2f})  level {row['level_db_median']:+.1f} dB  clip {row['clipped_max']:.4f}  "

@@ -61,13 +61,33 @@ def test_normalization_guards_silence():
 
 def test_batches_have_the_documented_shape(tmp_path):
     make_tree(tmp_path)
-    dm = SpecsDataModule(base_dir=tmp_path, batch_size=2, num_workers=0, num_frames=64)
+    dm = SpecsDataModule(base_dir=tmp_path, batch_size=2, num_workers=0, num_frames=64, normalize_span="crop")
     dm.setup("fit")
     clean, noisy = next(iter(dm.train_dataloader()))
     assert clean.shape == noisy.shape == (2, 1, 256, 64) and clean.dtype == torch.complex64
     # normalised by the noisy peak of the crop: |noisy| max in time domain is 1
     wav = dm.spectrogram.to_wav(noisy[0, 0], dm.spectrogram.samples_for_frames(64))
     assert wav.abs().max().item() == pytest.approx(1.0, abs=0.02)
+
+
+def test_file_span_divides_crops_by_the_peak_of_the_whole_file(tmp_path):
+    """The default: a crop is divided by its file's peak, as enhancement divides a recording,
+    so a quiet crop of a file with a loud passage elsewhere stays quiet."""
+    sr, n = 16000, 32000
+    noisy = np.full(n, 0.1, dtype=np.float32) * np.sin(np.arange(n) * 0.05).astype(np.float32)
+    noisy[-200:] = 0.8  # the file's peak, outside a centred 64-frame crop
+    write_pair(tmp_path, "valid", "a.wav", 0.5 * noisy, noisy, sr)
+    write_pair(tmp_path, "train", "a.wav", 0.5 * noisy, noisy, sr)
+    levels = {}
+    for span in ("file", "crop"):
+        dm = SpecsDataModule(base_dir=tmp_path, batch_size=1, num_workers=0, num_frames=64, normalize_span=span)
+        dm.setup("fit")
+        _, spec = dm.datasets["valid"][0]
+        levels[span] = dm.spectrogram.to_wav(spec[0], dm.spectrogram.samples_for_frames(64)).abs().max().item()
+    assert levels["crop"] == pytest.approx(1.0, abs=0.02)
+    assert levels["file"] == pytest.approx(0.1 / 0.8, abs=0.01)
+    with pytest.raises(ValueError, match="normalize_span"):
+        SpecsDataModule(base_dir=tmp_path, num_workers=0, normalize_span="chunk").make_dataset("train")
 
 
 def test_validation_crop_is_deterministic(tmp_path):

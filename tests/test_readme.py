@@ -20,9 +20,12 @@ PARSERS = {
     "calc_metrics.py": ("calc_metrics", "build_parser"),
     "demo/run_demo.py": ("demo.run_demo", "build_parser"),
     "benchmarks/bench.py": (REPO / "benchmarks" / "bench.py", "build_parser"),
+    "benchmarks/gpu_check.py": (REPO / "benchmarks" / "gpu_check.py", "build_parser"),
+    "benchmarks/check_cuda_build.py": (REPO / "benchmarks" / "check_cuda_build.py", "build_parser"),
     "echo.data.vbdmd": ("echo.data.vbdmd", "build_parser"),
     "echo.data.mix": ("echo.data.mix", "build_parser"),
     "echo.data.synth": ("echo.data.synth", "build_parser"),
+    "echo.recipes.real_data": ("echo.recipes.real_data", "build_parser"),
 }
 
 

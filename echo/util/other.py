@@ -21,13 +21,23 @@ def group_values(parser: argparse.ArgumentParser, args: argparse.Namespace, titl
     return values
 
 
-def git_commit(repo_dir=None) -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo_dir or Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except Exception:
-        return "unknown"
+def git_commit(repo_dir=None, full=False):
+    """The commit checked out in ``repo_dir`` (default: this code's): the short hash, or
+    "unknown" outside a git checkout; ``full``: the whole hash with "+dirty" when tracked files
+    differ from it, or None outside a checkout (benchmark results record which code made them)."""
+    def run(*cmd):
+        try:
+            out = subprocess.run(["git", *cmd], cwd=repo_dir or Path(__file__).parent, capture_output=True,
+                                 text=True, timeout=5)
+        except Exception:
+            return None
+        return out.stdout.strip() or None if out.returncode == 0 else None
+
+    if not full:
+        return run("rev-parse", "--short", "HEAD") or "unknown"
+    commit = run("rev-parse", "HEAD")
+    dirty = run("status", "--porcelain", "--untracked-files=no")
+    return None if commit is None else commit + ("+dirty" if dirty else "")
 
 
 VERSIONED_PACKAGES = ("torch", "lightning", "numpy", "scipy", "soundfile", "soxr", "pesq", "pystoi", "tqdm")
@@ -60,3 +70,16 @@ def write_run_info(folder, **fields):
     info = dict(fields, versions=software_versions(), allocator=describe())
     write_text_atomic(Path(folder) / "run_info.json", json.dumps(info, indent=2, default=str))
     return info
+
+
+def positive_int(text):
+    """argparse type: a whole number >= 1, with a one-line message otherwise."""
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
+
