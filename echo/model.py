@@ -182,9 +182,19 @@ class ScoreModel(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["noise_bank"] = self.noise_bank.state_dict()
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every rank fills its bank from its own share of the data, and only rank 0 writes the
+            # file: gather them all, so that each rank of a resumed run gets its own bank back
+            banks = [None] * world
+            torch.distributed.all_gather_object(banks, _bank_on_cpu(self.noise_bank.state_dict()))
+            checkpoint["noise_banks"] = banks
 
     def on_load_checkpoint(self, checkpoint):
         state = checkpoint.get("noise_bank")
+        banks = checkpoint.get("noise_banks")
+        if banks and self._trainer is not None and len(banks) == self.trainer.world_size:
+            state = banks[self.trainer.global_rank]
         if state is not None:
             self.noise_bank.load_state_dict(state)
 
@@ -192,6 +202,10 @@ class ScoreModel(pl.LightningModule):
         # a bank restored from a checkpoint lives on the CPU until the device is known
         if len(self.noise_bank):
             self.noise_bank.load_state_dict(self.noise_bank.state_dict(), device=self.device)
+
+
+def _bank_on_cpu(state):
+    return {key: value.cpu() if torch.is_tensor(value) else value for key, value in state.items()}
 
 
 def log_figure(logger, fig, step):

@@ -115,6 +115,19 @@ def test_ddp_two_processes_train_save_once_draw_apart_and_resume(synth_dataset, 
         steps = records(second, f"rank{rank}.jsonl")
         assert [s["step"] for s in steps] == list(range(FIRST_STEPS, RESUMED_STEPS)), rank  # continues at step 6
         assert all(s["world"] == 2 and math.isfinite(s["loss"]) for s in steps)
+    # the resumed ranks draw what the uninterrupted run draws at the same steps: each got its own
+    # noise bank back from the checkpoint, not rank 0's
+    third, reference_logs = tmp_path / "record3", tmp_path / "reference"
+    third.mkdir()
+    reference = ["--base_dir", str(synth_dataset), "--log_dir", str(reference_logs), *ARGS]
+    run = subprocess.run([sys.executable, str(RUNNER), *reference, "--devices", "2", "--max_steps", str(RESUMED_STEPS)],
+                         cwd=REPO, env=environment(third), capture_output=True, text=True, timeout=TIMEOUT_S)
+    check_finished([run])
+    for rank in (0, 1):
+        uninterrupted = records(third, f"rank{rank}.jsonl")[FIRST_STEPS:]
+        resumed_draws = records(second, f"rank{rank}.jsonl")
+        assert [(s["foreign"], s["partners"]) for s in resumed_draws] == \
+            [(s["foreign"], s["partners"]) for s in uninterrupted], rank
     resumed = sorted(logs.glob("echo/version_*"))[-1]
     assert resumed.name == "version_1"
     assert torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu",

@@ -149,10 +149,9 @@ def test_the_checks_run_end_to_end_on_the_cpu_with_emulated_kernels(monkeypatch,
     for module in ("upfirdn2d", "fused_act"):
         monkeypatch.setattr(importlib.import_module(f"echo.backbones.ncsnpp_utils.op.{module}"), "select_backend",
                             select_backend)
-    # deform=False: the pure-PyTorch deformable convolution builds its sampling grid in the
-    # offsets' dtype, so under bf16 autocast it samples up to a pixel off (the bf16 part's
-    # tolerance catches that on a GPU without torchvision); this test is about the script
-    tiny = dict(TINY_BACKBONE, deform=False)
+    # the deformable layers included: their sampling positions stay in float32 under bf16
+    # autocast, so the bf16 part's tolerance holds for them too
+    tiny = dict(TINY_BACKBONE)
     monkeypatch.setattr(gpu_check, "paper_backbone", lambda device: NCSNppDeform(**tiny).to(device))
     monkeypatch.setattr(gpu_check, "paper_model", lambda device: ScoreModel(**tiny).to(device))
     out = tmp_path / "report.json"
