@@ -29,7 +29,6 @@ class EchoPosterior:
     noise of a middle step."""
 
     sdes = ("echo",)
-    deterministic = False
 
     def __init__(self, sde, model_fn, N):
         self.sde, self.model_fn, self.N = sde, model_fn, N
@@ -100,15 +99,12 @@ class _MarginalStep:
 @PredictorRegistry.register("ddim")
 class DDIM(_MarginalStep):
     __doc__ = "Deterministic few-step sampler (eta = 0). " + _MarginalStep.__doc__
-    eta = 0.0
-    deterministic = True
 
 
 @PredictorRegistry.register("ddpm")
 class ContinuousPosterior(_MarginalStep):
     __doc__ = "Exact continuous-time posterior step (eta = 1). " + _MarginalStep.__doc__
     eta = 1.0
-    deterministic = False
 
 
 @PredictorRegistry.register("none")
