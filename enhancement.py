@@ -65,7 +65,9 @@ def build_parser():
     parser.add_argument("--enhanced_dir", default=None,
                         help="output folder; the input's sub-folder tree is mirrored there "
                              "(default: the input folder's name + '_enhanced', beside it)")
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by train.py (its EMA weights are used)")
+    parser.add_argument("--ckpt", default=None,
+                        help="checkpoint written by train.py (its EMA weights are used) or a shipped model; "
+                             "default: the shipped CPU model pretrained/echo_cpu_small.ckpt (see its README)")
     sampler = parser.add_argument_group("sampler (left out: the checkpoint's own defaults)")
     sampler.add_argument("--N", type=int, default=None,
                          help="number of reverse steps = network evaluations without a corrector (default: "
@@ -136,6 +138,20 @@ def resolve_device(name: str) -> torch.device:
 def default_enhanced_dir(test_dir) -> str:
     test_dir = Path(test_dir).resolve()
     return str(test_dir.parent / f"{test_dir.name}_enhanced")
+
+
+def model_line(args) -> str:
+    """The first line of output: which model enhances, so that no one mistakes the shipped CPU
+    model for their own checkpoint or for the paper's."""
+    from echo.pretrained import DEFAULT_MODEL
+    if args.ckpt is not None:
+        return f"model: {args.ckpt}"
+    if not DEFAULT_MODEL.is_file():
+        raise SetupError(f"{DEFAULT_MODEL}: no --ckpt given and the shipped model is missing "
+                         "(restore it with git, or pass --ckpt)")
+    args.ckpt = str(DEFAULT_MODEL)
+    return (f"model: {DEFAULT_MODEL.name}, the shipped CPU model (3.2 M parameters, trained on 2 CPU cores; "
+            "not the paper's model; see pretrained/README.md); --ckpt picks another")
 
 
 def check_args(args):
@@ -292,6 +308,7 @@ def warn_if_settings_differ(enhanced_dir, settings, n_skipped):
 
 
 def run(args) -> int:
+    print(model_line(args), flush=True)
     check_args(args)
     todo, skipped = plan_jobs(args.test_dir, args.enhanced_dir, args.overwrite)
     device = resolve_device(args.device)
@@ -315,7 +332,8 @@ def run(args) -> int:
         raise SetupError(str(err)) from None
     set_inference_precision(model, precision)
     load_seconds = time.perf_counter() - load_start
-    sampler_kwargs = sampler_kwargs_from(args)
+    # flags given on the command line win over the sampler a shipped model names
+    sampler_kwargs = {**model.shipped_sampler, **sampler_kwargs_from(args)}
     sampler = resolved_sampler_settings(model, sampler_kwargs)
     nfe = check_sampler(model, sampler_kwargs)
     settings = dict(seed=args.seed, sampler=sampler, precision=precision, ckpt=str(Path(args.ckpt).resolve()),

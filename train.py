@@ -29,12 +29,14 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, Timer
 from lightning.pytorch.plugins import TorchCheckpointIO
 
 from echo.backbones import BackboneRegistry
-from echo.checkpoints import CheckpointError, check_resume_compatible, read_checkpoint
+from echo.checkpoints import ARCHITECTURE_KEYS, CheckpointError, check_resume_compatible, read_checkpoint
 from echo.data_module import SpecsDataModule
 from echo.ema import EMA
 from echo.model import NonFiniteLossError, ScoreModel
 from echo.output_scaling import resolve_output_scaling
+from echo.pretrained import shipped_training
 from echo.sdes import SDERegistry
+from echo.training_clock import ProgressLines, TrainingClock, training_seconds
 from echo.util.audio import AudioError, check_writable_folder, remove_stale_partials, staged_file
 from echo.util.other import group_values, positive_int, write_run_info
 
@@ -54,10 +56,17 @@ def build_parser(argv=None):
     run = parser.add_argument_group("run")
     run.add_argument("--log_dir", type=str, default="logs", help="Folder for logs and checkpoints")
     run.add_argument("--ckpt", type=str, default=None, help="Resume training from this checkpoint (e.g. last.ckpt)")
+    run.add_argument("--init_weights", type=str, default=None,
+                     help="Start from the weights of this model (a shipped model such as "
+                          "pretrained/echo_cpu_small.ckpt, or any checkpoint) with a fresh optimizer; the network "
+                          "settings are taken from it")
     run.add_argument("--seed", type=int, default=0, help="Seed of every random number generator")
     run.add_argument("--logger", type=str, default="csv", choices=("csv", "tensorboard", "wandb"),
                      help="Where metrics go; csv needs no account or network, wandb honours WANDB_MODE")
     run.add_argument("--run_name", type=str, default="echo", help="Name of the run under --log_dir")
+    run.add_argument("--progress_every", type=int, default=0,
+                     help="Print a plain progress line every this many steps instead of the progress bar "
+                          "(for logs of background runs); 0 keeps the bar")
     trainer = parser.add_argument_group("trainer")
     trainer.add_argument("--accelerator", type=str, default="auto", help="cpu, gpu, mps or auto")
     trainer.add_argument("--devices", type=str, default="auto", help="Number of devices, a list such as 0,1, or auto")
@@ -168,6 +177,21 @@ def prepare_resume(ckpt, model_kwargs):
     remove_stale_partials(Path(ckpt).parent, suffixes=(".ckpt",))
 
 
+def take_initial_weights(path, model_kwargs, ckpt=None):
+    """The checkpoint of --init_weights, read weights-only; its network settings replace the flags'."""
+    if ckpt:
+        raise CheckpointError("give --ckpt (resume a run) or --init_weights (start a new run from weights), not both")
+    start = read_checkpoint(path)
+    saved = start["hyper_parameters"]
+    for key in ARCHITECTURE_KEYS:
+        if key in saved and key in model_kwargs:
+            model_kwargs[key] = saved[key]
+    done = shipped_training(start)
+    print(f"starting from the weights of {path} ({done['steps']} steps, {done['seconds'] / 3600:.2f} h of training "
+          "before); fresh optimizer, step counter from 0")
+    return start
+
+
 def resolve_model_output_scaling(model_kwargs, ckpt=None):
     """Fix --output_scaling (and its older spelling --scale_by_sigma) to one value. A resumed run
     given neither keeps its checkpoint's, whatever today's default is."""
@@ -199,7 +223,10 @@ def main(argv=None):
     resolve_model_output_scaling(model_kwargs, args.ckpt)
     if args.ckpt:
         prepare_resume(args.ckpt, model_kwargs)
+    start = take_initial_weights(args.init_weights, model_kwargs, args.ckpt) if args.init_weights else None
     model = ScoreModel(**model_kwargs)
+    if start is not None:
+        model.load_state_dict(start["state_dict"])
     data = SpecsDataModule(**vars(args), pin_memory=args.accelerator != "cpu")
     data.setup("fit")  # reads and checks every file now, so data errors come before training
     check_writable_folder(args.log_dir)
@@ -208,7 +235,14 @@ def main(argv=None):
     checkpoints = ModelCheckpoint(dirpath=os.path.join(logger.log_dir, "checkpoints"), save_last=True,
                                   monitor="valid_loss", mode="min", save_top_k=1,
                                   filename="best-loss-{epoch}-{step}")
-    callbacks = [SaveLastOnStop(checkpoints), EMA(args.ema_decay), checkpoints]
+    clock = TrainingClock()
+    if args.ckpt:  # checkpoints from before the clock: start from the time their run's Timer recorded
+        clock.seconds_before = training_seconds(read_checkpoint(args.ckpt))
+    elif start is not None:
+        clock.seconds_before = shipped_training(start)["seconds"]
+    callbacks = [SaveLastOnStop(checkpoints), EMA(args.ema_decay), checkpoints, clock]
+    if args.progress_every > 0:
+        callbacks.append(ProgressLines(args.progress_every, clock))
     if budget is not None:
         callbacks.append(RunTimer(duration=budget, interval="step"))
     if args.num_eval_files > 0:
@@ -221,7 +255,7 @@ def main(argv=None):
         accumulate_grad_batches=args.accumulate_grad_batches, val_check_interval=int(args.val_check_interval) if args.val_check_interval > 1 else args.val_check_interval,
         check_val_every_n_epoch=args.check_val_every_n_epoch, gradient_clip_val=args.gradient_clip_val,
         log_every_n_steps=args.log_every_n_steps, deterministic=args.deterministic, logger=logger,
-        callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+        callbacks=callbacks, plugins=[AtomicCheckpointIO()], enable_progress_bar=args.progress_every <= 0,
         # the data module shards the data between DDP processes itself, with its seeded sampler
         # (see echo.data_module.EpochSampler); Lightning's replacement would drop that order
         use_distributed_sampler=False,

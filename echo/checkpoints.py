@@ -102,4 +102,6 @@ def load_model(path, device="cpu", expect=None):
         raise CheckpointError(f"{path}: weights do not fit the network its hyper-parameters describe "
                               f"({len(missing)} missing, {len(unexpected)} unexpected, e.g. "
                               f"{(missing or unexpected)[0]})")
+    # a shipped model (echo.pretrained) names the sampler it is meant to be used with
+    model.shipped_sampler = dict(ckpt.get("sampler", {}))
     return model.to(device).eval()

@@ -32,3 +32,80 @@ def test_real_data_set_keeps_the_test_sets_out(tmp_path):
     for split in ("valid", "test"):
         assert not {r["speaker"] for r in by_split[split]} & train_speakers
         assert not {r["noise"] for r in by_split[split]} & train_noises
+
+
+# ---------------------------------------------------------------- the shipped model's recipe
+
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+import torch  # noqa: E402
+
+from echo.recipes import cpu_small  # noqa: E402
+
+
+def test_cpu_small_data_holds_babble_of_held_apart_speakers(tmp_path):
+    shared_data("speech")
+    rows = cpu_small.build_data(SHARED_DATA, tmp_path / "data", n_train=30, n_valid=6, n_test=6, workers=1,
+                                log=lambda text: None)
+    assert len(rows) == 42
+    sources = tmp_path / "data_sources"
+    held_apart = {(SHARED_DATA / cpu_small.BABBLE_CORPUS / rel).resolve()
+                  for rel in cpu_small.babble_speakers(SHARED_DATA, 0)}
+    speech = {p.resolve() for p in (sources / "speech").iterdir()}
+    assert len(held_apart) == cpu_small.BABBLE_SPEAKERS and not held_apart & speech
+    for never in real_data.NEVER_READ:
+        assert not any(str(SHARED_DATA / never) in str(p) for p in speech)
+    generated = sorted(p.name for p in (sources / "noise").glob("generated_*.wav"))
+    assert len(generated) == cpu_small.N_BABBLE + cpu_small.N_SPEECH_SHAPED + 3 * cpu_small.N_PER_COLOUR
+    assert {"generated_babble_00.wav", "generated_speech_shaped_00.wav", "generated_pink_00.wav"} <= set(generated)
+    gains = np.array([float(r["gain"]) for r in rows])
+    assert gains.min() < 10 ** (-10 / 20) and gains.max() <= 10 ** (cpu_small.GAIN_RANGE[1] / 20) + 1e-6
+
+
+def _checkpoint(path, seconds, optimizer=True):
+    ckpt = {"state_dict": {}, "hyper_parameters": {}, "callbacks": {"TrainingClock": {"seconds": seconds}}}
+    if optimizer:
+        ckpt["optimizer_states"] = []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, path)
+    return path
+
+
+def test_cpu_small_budget_counts_every_run_of_the_recipe(tmp_path, monkeypatch):
+    """A killed run resumes from its newest last.ckpt with what is left of the budget; time the
+    starting model had trained before is not charged to this recipe."""
+    start = _checkpoint(tmp_path / "earlier.ckpt", 2520.0)
+    out = tmp_path / "run"
+    out.mkdir()
+    ckpt, left = cpu_small.plan_training(out, 5400.0, start)
+    assert ckpt == start and left == 5400.0
+    assert json.loads((out / "budget.json").read_text())["start_seconds"] == 2520.0
+    last = _checkpoint(out / "logs" / "echo" / "version_0" / "checkpoints" / "last.ckpt", 2520.0 + 1800.0)
+    _checkpoint(out / "logs" / "echo" / "version_1" / "checkpoints" / "last.ckpt", 2520.0 + 3000.0)
+    ckpt, left = cpu_small.plan_training(out, 5400.0, start)
+    assert ckpt.parent.parent.name == "version_1" and left == pytest.approx(2400.0)
+    assert last.exists()
+
+    calls = []
+    monkeypatch.setattr(cpu_small.subprocess, "call", lambda command, env: calls.append((command, env)) or 0)
+    args = cpu_small.build_parser().parse_args(["--out_dir", str(out), "--init_ckpt", str(start), "--threads", "1"])
+    assert cpu_small.train(args, out / "data") == 0
+    command, env = calls[0]
+    assert command[command.index("--max_time") + 1] == "00:00:40:00"
+    assert command[command.index("--ckpt") + 1].endswith("version_1/checkpoints/last.ckpt")
+    assert env["OMP_NUM_THREADS"] == "1" and "--progress_every" in command
+
+    _checkpoint(out / "logs" / "echo" / "version_2" / "checkpoints" / "last.ckpt", 2520.0 + 5390.0)
+    assert cpu_small.train(args, out / "data") == 0 and len(calls) == 1  # spent: nothing more to do
+
+
+def test_cpu_small_continues_a_shipped_model_from_its_weights(tmp_path, monkeypatch):
+    shipped = _checkpoint(tmp_path / "shipped.ckpt", 0.0, optimizer=False)
+    calls = []
+    monkeypatch.setattr(cpu_small.subprocess, "call", lambda command, env: calls.append(command) or 0)
+    args = cpu_small.build_parser().parse_args(["--out_dir", str(tmp_path / "run"), "--init_ckpt", str(shipped)])
+    (tmp_path / "run").mkdir()
+    cpu_small.train(args, tmp_path / "run" / "data")
+    assert calls[0][calls[0].index("--init_weights") + 1] == str(shipped) and "--ckpt" not in calls[0]

@@ -201,9 +201,11 @@ class NoiseFiles:
         return np.tile(whole, repeats)[offset:offset + length], offset
 
 
-def mix_pair(rng, speech, noise_files, noise_choices, length, snr_range, sr):
+def mix_pair(rng, speech, noise_files, noise_choices, length, snr_range, sr, gain_range=(0.0, 0.0)):
     """(clean, noisy, info) for one output; ``noise_choices`` are the noise file indices this
-    split may use. ``length`` 0 keeps the utterance's full length."""
+    split may use. ``length`` 0 keeps the utterance's full length. ``gain_range``: a random gain
+    in dB for the pair (drawn only when the range is not (0, 0), so older datasets stay as they
+    were), so that a model meets quiet and loud recordings; the clipping guard still applies."""
     clean, speech_start = crop_or_pad(rng, speech, length)
     noise_index = int(noise_choices[int(rng.integers(len(noise_choices)))])
     for _ in range(5):  # a noise file may have digitally silent stretches: try another offset
@@ -218,9 +220,14 @@ def mix_pair(rng, speech, noise_files, noise_choices, length, snr_range, sr):
         noisy = clean + noise_gain_for_snr(clean, noise, snr_db, sr) * noise
     except ValueError as err:  # silent speech segment
         raise MixError(str(err)) from None
+    if tuple(gain_range) != (0.0, 0.0):
+        level = 10 ** (float(rng.uniform(*gain_range)) / 20)
+        clean, noisy = clean * level, noisy * level
+    else:
+        level = 1.0
     gain = peak_gain(clean, noisy)
     info = {"speech_start": speech_start, "noise": noise_files.rel_paths[noise_index],
-            "noise_offset": noise_offset, "snr_db": round(snr_db, 3), "gain": round(gain, 6)}
+            "noise_offset": noise_offset, "snr_db": round(snr_db, 3), "gain": round(gain * level, 6)}
     return (clean * gain).astype(np.float32), (noisy * gain).astype(np.float32), info
 
 
@@ -288,7 +295,7 @@ class _Worker:
         choices = [self.noise_index[n] for n in o["plan"]["noise"][split]]
         try:
             clean, noisy, info = mix_pair(rng, speech, self.noise, choices, o["length"],
-                                          o["snr_range"], o["sr"])
+                                          o["snr_range"], o["sr"], o["gain_range"])
         except MixError as err:
             raise MixError(f"{Path(o['speech_dir']) / rel}: {err}") from None
         name = f"{index:05d}_{Path(rel).stem}.wav"
@@ -315,7 +322,8 @@ def _make_one(job):
 
 def make_dataset(speech_dir, noise_dir, out_dir, n_train=200, n_valid=20, n_test=20,
                  segment_seconds=0.0, sr=16000, snr_range=(0.0, 20.0), seed=0,
-                 split_noise=False, workers=1, overwrite=False, progress=False, log=print, failures=None):
+                 split_noise=False, workers=1, overwrite=False, progress=False, log=print, failures=None,
+                 gain_range=(0.0, 0.0)):
     """Mix speech and noise into ``out_dir/{train,valid,test}/{clean,noisy}`` and
     ``out_dir/manifest.csv``; returns the manifest rows. Raises MixError, AudioError or
     OutputExistsError with one-line messages.
@@ -323,14 +331,15 @@ def make_dataset(speech_dir, noise_dir, out_dir, n_train=200, n_valid=20, n_test
     ``failures``: a list that receives a one-line message for each output that could not be
     made, while the others are; None: the first such output raises MixError."""
     counts = {"train": int(n_train), "valid": int(n_valid), "test": int(n_test)}
-    check_options(counts, segment_seconds, sr, snr_range)
+    check_options(counts, segment_seconds, sr, snr_range, gain_range)
     plan, notes = plan_dataset(speech_dir, noise_dir, counts, seed, split_noise)
     for note in notes:
         log(note)
     out_dir = prepare_output_dir(out_dir, overwrite)
     options = {"speech_dir": str(speech_dir), "noise_dir": str(noise_dir), "out_dir": str(out_dir),
                "plan": plan, "seed": int(seed), "sr": int(sr),
-               "length": int(round(segment_seconds * sr)), "snr_range": tuple(snr_range)}
+               "length": int(round(segment_seconds * sr)), "snr_range": tuple(snr_range),
+               "gain_range": tuple(float(g) for g in gain_range)}
     jobs = [(split, index) for split in SPLITS for index in range(counts[split])]
     rows = run_jobs(_make_one, jobs, workers=workers, chunksize=8, desc="mix", progress=progress,
                     failures=failures, error_type=MixError, initializer=_init_worker, initargs=(options,))
@@ -338,7 +347,7 @@ def make_dataset(speech_dir, noise_dir, out_dir, n_train=200, n_valid=20, n_test
     return rows
 
 
-def check_options(counts, segment_seconds, sr, snr_range):
+def check_options(counts, segment_seconds, sr, snr_range, gain_range=(0.0, 0.0)):
     if min(counts.values()) < 0 or sum(counts.values()) == 0:
         raise MixError("output counts must be >= 0 and not all 0")
     if segment_seconds < 0:
@@ -347,6 +356,8 @@ def check_options(counts, segment_seconds, sr, snr_range):
         raise MixError(f"--sr {sr}: need at least 8000 Hz")
     if snr_range[0] > snr_range[1]:
         raise MixError(f"SNR range {snr_range[0]}..{snr_range[1]}: minimum is above maximum")
+    if gain_range[0] > gain_range[1]:
+        raise MixError(f"gain range {gain_range[0]}..{gain_range[1]} dB: minimum is above maximum")
 
 
 def build_parser():
@@ -380,6 +391,11 @@ def build_parser():
                              "%(default)s, as in the SGMSE+ WSJ0-CHiME3 recipe)")
     parser.add_argument("--snr_max", type=float, default=20.0,
                         help="highest SNR in dB (default: %(default)s)")
+    parser.add_argument("--gain_min", type=float, default=0.0,
+                        help="lowest random gain of a pair in dB (default: %(default)s; with --gain_max 0 "
+                             "no gain is drawn)")
+    parser.add_argument("--gain_max", type=float, default=0.0, help="highest random gain of a pair in dB "
+                                                                     "(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed; the same seed and inputs give identical files "
                              "(default: %(default)s)")
@@ -401,7 +417,8 @@ def main(argv=None):
         lambda log, failures: make_dataset(
             args.speech_dir, args.noise_dir, args.out_dir, args.n_train, args.n_valid, args.n_test,
             args.segment_seconds, args.sr, (args.snr_min, args.snr_max), args.seed, args.split_noise,
-            max(1, args.workers), args.overwrite, progress=not args.quiet, log=log, failures=failures),
+            max(1, args.workers), args.overwrite, progress=not args.quiet, log=log, failures=failures,
+            gain_range=(args.gain_min, args.gain_max)),
         (MixError, AudioError, OutputExistsError),
         lambda rows, seconds: f"wrote {len(rows)} pairs to {args.out_dir} in {seconds:.1f} s")
 

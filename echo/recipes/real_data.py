@@ -43,7 +43,8 @@ def speaker_prefix(corpus: str, rel: str) -> str:
     return f"{Path(corpus).name.replace('-', '').replace('_', '')}-{name}"
 
 
-def stage_speech(data_root: Path, folder: Path, corpora=SPEECH_CORPORA) -> int:
+def stage_speech(data_root: Path, folder: Path, corpora=SPEECH_CORPORA, exclude=frozenset()) -> int:
+    """Links to the speech files of ``corpora``, leaving out the ``(corpus, rel)`` in ``exclude``."""
     folder.mkdir(parents=True, exist_ok=True)
     count = 0
     for corpus in corpora:
@@ -51,6 +52,8 @@ def stage_speech(data_root: Path, folder: Path, corpora=SPEECH_CORPORA) -> int:
         if not source.is_dir():
             raise AudioError(f"{source}: speech corpus not found (give --data_root or leave it out of --speech)")
         for rel in list_audio(source):
+            if (corpus, rel) in exclude:
+                continue
             link = folder / speaker_prefix(corpus, rel)
             if not link.exists():
                 link.symlink_to((source / rel).resolve())
