@@ -4,7 +4,7 @@ TORCH_CPU ?= torch==2.13.0
 # venv of `make check-cuda-build` (the CUDA build of torch, about 5.5 GB): outside the repository
 CUDA_VENV ?= $(HOME)/.cache/echo/cuda-venv
 
-.PHONY: install install-deps test test-slow demo bench check-cuda-build gpu-check
+.PHONY: install install-deps test test-slow demo bench pretrained check-cuda-build gpu-check
 
 install:            ## CPU-only machine: pinned CPU torch, then the rest
 	$(PYTHON) -m pip install $(TORCH_CPU)
@@ -22,6 +22,11 @@ test-slow:          ## the slow end-to-end tests (processes killed with SIGINT/S
 
 demo: install       ## quickstart: synthetic data, tiny model, enhance, score, plots (CPU, no download)
 	$(PYTHON) demo/run_demo.py --out_dir demo_out --overwrite
+
+pretrained:         ## the shipped CPU model's recipe in the background (90 min on 2 cores): runs/cpu_small/, log runs/cpu_small.log
+	@mkdir -p runs
+	nohup $(PYTHON) -m echo.recipes.cpu_small --out_dir runs/cpu_small > runs/cpu_small.log 2>&1 &
+	@echo "training in the background: tail -f runs/cpu_small.log (run 'make pretrained' again to resume after a kill)"
 
 bench:              ## speed and memory numbers -> benchmarks/results/latest.json
 	$(PYTHON) benchmarks/bench.py

@@ -36,7 +36,7 @@ from echo.model import NonFiniteLossError, ScoreModel
 from echo.output_scaling import resolve_output_scaling
 from echo.pretrained import shipped_training
 from echo.sdes import SDERegistry
-from echo.training_clock import ProgressLines, TrainingClock, training_seconds
+from echo.training_clock import ProgressLines, TrainingClock, parse_max_time, training_seconds
 from echo.util.audio import AudioError, check_writable_folder, remove_stale_partials, staged_file
 from echo.util.other import group_values, positive_int, write_run_info
 
@@ -119,20 +119,6 @@ class RunTimer(Timer):
 
     def load_state_dict(self, state_dict):
         pass
-
-
-def parse_max_time(text):
-    """DD:HH:MM:SS -> timedelta, with a one-line error for anything else."""
-    from datetime import timedelta
-    parts = text.split(":")
-    try:
-        days, hours, minutes, seconds = (int(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"--max_time {text}: expected DD:HH:MM:SS, e.g. 00:01:30:00") from None
-    budget = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-    if len(parts) != 4 or budget.total_seconds() <= 0:
-        raise ValueError(f"--max_time {text}: expected a positive DD:HH:MM:SS, e.g. 00:01:30:00")
-    return budget
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -9,6 +9,8 @@ Runs, as a user would, each step as its own command with this Python:
   3. python enhancement.py       the noisy test split, with the trained checkpoint's EMA weights
   4. python calc_metrics.py      PESQ, ESTOI, SI-SDR, ... of the noisy input and the enhanced output
   5. python -m demo.plots        spectrograms.png and metrics.png next to the results
+  6. python enhancement.py       a real recording kept in demo/real_clip/ with the demo's model,
+  7. python enhancement.py       and with the shipped CPU model (pretrained/), then real_clip.png
 and prints the noisy-vs-enhanced table. Every command line is printed before it runs, and
 its output is also written to out_dir/logs/<step>.log.
 
@@ -16,6 +18,7 @@ Output folder:
   data/      the synthetic data set ({train,valid,test}/{clean,noisy}/*.wav)
   logs/      the training run (CSV metrics, checkpoints) and one log file per step
   enhanced/  the enhanced test files
+  real_clip/ the real recording enhanced by the demo model and by the shipped model
   results/   _results.csv, _avg_results.txt, spectrograms.png, metrics.png
   demo_run.json   the settings, the time of each step and the mean metrics
 """
@@ -33,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `python demo/run_demo.py` puts demo/, not the repository, on the path
 
 from demo.plots import METRIC_LABELS, RESULTS_CSV, read_results, summarize  # noqa: E402
+from echo.training_clock import format_max_time  # noqa: E402
 from echo.util.other import write_text_atomic  # noqa: E402
 
 RUN_INFO = "demo_run.json"  # also marks a folder as a demo output that --overwrite may replace
@@ -63,6 +67,11 @@ DEFAULT_MAX_STEPS = 400
 # The posterior chain needs N > beta_max = 10 (at N = 10 its first beta reaches 1). Fewer steps
 # than the paper's 20 cost less and enhanced as well in the demo's runs.
 DEFAULT_N = 12
+
+# A few seconds of real speech in real noise (CC BY 4.0, see its ATTRIBUTION.md), enhanced at the
+# end by the demo's model and by the shipped model, so the first run shows real enhancement.
+REAL_CLIP = REPO / "demo" / "real_clip" / "librispeech7635_city_5dB.wav"
+REAL_CLIP_PNG = "real_clip.png"
 
 
 class StepFailed(RuntimeError):
@@ -166,11 +175,7 @@ def data_command(paths, args):
 
 
 def max_time_text(minutes: float) -> str:
-    """Lightning's DD:HH:MM:SS; whole seconds, at least one."""
-    seconds = max(1, int(round(minutes * 60)))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    return f"{days:02d}:{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+    return format_max_time(minutes * 60)
 
 
 def train_command(paths, args):
@@ -197,6 +202,33 @@ def metrics_command(paths):
 def plots_command(paths):
     return ["-m", "demo.plots", "--data_dir", str(paths["data"]), "--enhanced_dir", str(paths["enhanced"]),
             "--results_dir", str(paths["results"])]
+
+
+def real_clip_commands(paths, ckpt, args):
+    """Enhance the real recording kept in demo/real_clip/ with the demo's model and with the
+    shipped model (enhancement.py without --ckpt), then draw both next to the input."""
+    real = paths["enhanced"].parent / "real_clip"
+    demo_out, shipped_out = real / "demo_model", real / "shipped_model"
+    name = REAL_CLIP.name
+    return [
+        ("6/7 real recording, demo model", ["enhancement.py", "--test_dir", str(REAL_CLIP.parent), "--enhanced_dir",
+                                            str(demo_out), "--ckpt", str(ckpt), "--N", str(args.N), "--seed",
+                                            str(args.seed)]),
+        ("7/7 real recording, shipped model", ["enhancement.py", "--test_dir", str(REAL_CLIP.parent),
+                                               "--enhanced_dir", str(shipped_out), "--seed", str(args.seed)]),
+        ("figure of the real recording", ["-m", "demo.clip_figure", "--noisy", str(REAL_CLIP), "--enhanced",
+                                          f"demo model ({args.N} steps)={demo_out / name}",
+                                          f"shipped CPU model={shipped_out / name}",
+                                          "--title", "Real speech in city noise (demo/real_clip, CC BY 4.0)",
+                                          "--out", str(paths["results"] / REAL_CLIP_PNG)]),
+    ]
+
+
+def run_real_clip(paths, ckpt, args, env) -> float:
+    total = 0.0
+    for number, (title, arguments) in enumerate(real_clip_commands(paths, ckpt, args)):
+        total += run_step(title, arguments, paths["logs"] / f"{6 + number}_real_clip.log", env)
+    return total
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,7 +317,9 @@ def print_report(info: dict, paths: dict):
     print(f"wall time: {timings}; total {sum(info['seconds'].values()) / 60:.1f} min")
     print(f"\ncheckpoint:   {info['checkpoint']}\nenhanced:     {paths['enhanced']}\n"
           f"results:      {paths['results'] / RESULTS_CSV}\nspectrograms: {paths['results'] / 'spectrograms.png'}\n"
-          f"metrics plot: {paths['results'] / 'metrics.png'}")
+          f"metrics plot: {paths['results'] / 'metrics.png'}\n"
+          f"real recording: {REAL_CLIP} -> {paths['enhanced'].parent / 'real_clip'} "
+          f"(listen to both; figure {paths['results'] / REAL_CLIP_PNG})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,14 +340,16 @@ def run_demo(args) -> dict:
           + (" (the machine is busy: one thread each wastes less time waiting)" if threads == 1 and not args.threads else ""))
     env = thread_env(threads)
 
-    seconds["data"] = run_step("1/5 synthetic data set", data_command(paths, args), logs / "1_data.log", env)
-    seconds["train"] = run_step("2/5 training", train_command(paths, args), logs / "2_train.log", env)
+    seconds["data"] = run_step("1/7 synthetic data set", data_command(paths, args), logs / "1_data.log", env)
+    seconds["train"] = run_step("2/7 training", train_command(paths, args), logs / "2_train.log", env)
     ckpt = find_checkpoint(logs)
     info.update(checkpoint=str(ckpt), trained_steps=trained_steps(ckpt))
     write_run_info(out_dir, info)
-    seconds["enhance"] = run_step("3/5 enhancement", enhance_command(paths, ckpt, args), logs / "3_enhance.log", env)
-    seconds["metrics"] = run_step("4/5 metrics", metrics_command(paths), logs / "4_metrics.log", env)
-    seconds["plots"] = run_step("5/5 figures", plots_command(paths), logs / "5_plots.log", env)
+    seconds["enhance"] = run_step("3/7 enhancement", enhance_command(paths, ckpt, args), logs / "3_enhance.log", env)
+    seconds["metrics"] = run_step("4/7 metrics", metrics_command(paths), logs / "4_metrics.log", env)
+    seconds["plots"] = run_step("5/7 figures", plots_command(paths), logs / "5_plots.log", env)
+
+    seconds["real_clip"] = run_real_clip(paths, ckpt, args, env)
 
     info.update(status="done", results=result_means(paths["results"] / RESULTS_CSV),
                 test_files=len(read_results(paths["results"] / RESULTS_CSV)))

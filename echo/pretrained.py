@@ -43,13 +43,12 @@ def shipped_training(ckpt: dict) -> dict:
 
 def export(ckpt_path, out_path, predictor: str, N: int, previous=None) -> dict:
     """Write the shipped file; ``previous``: the shipped file whose weights this run started from
-    (``train.py --init_weights``), whose steps and seconds are added to this run's."""
+    (``train.py --init_weights``), whose steps are added to this run's (the step counter restarted;
+    the training clock did not, it already counts the earlier hours)."""
     ckpt = read_checkpoint(ckpt_path)
     training = shipped_training(ckpt)
     if previous is not None:
-        before = shipped_training(read_checkpoint(previous))
-        training = {"steps": training["steps"] + before["steps"],
-                    "seconds": round(training["seconds"] + before["seconds"], 1)}
+        training["steps"] += shipped_training(read_checkpoint(previous))["steps"]
     shipped = {
         "format": FORMAT,
         "state_dict": {k: v.detach().clone() for k, v in ckpt["state_dict"].items()},
@@ -64,7 +63,7 @@ def export(ckpt_path, out_path, predictor: str, N: int, previous=None) -> dict:
     return {"path": str(out_path), "sha256": sha256(out_path), "bytes": out_path.stat().st_size, **training}
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(prog="python -m echo.pretrained", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", required=True, help="training checkpoint (last.ckpt) whose EMA weights to ship")
     parser.add_argument("--out", default=str(DEFAULT_MODEL), help="file to write")
@@ -73,7 +72,11 @@ def main(argv=None):
     parser.add_argument("--previous", default=None,
                         help="the shipped file this run was started from (train.py --init_weights), so its "
                              "steps and hours are counted too")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     try:
         info = export(args.ckpt, args.out, args.predictor, args.N, args.previous)
     except CheckpointError as err:

@@ -8,10 +8,30 @@ returns turn a log file into one endless line, with a line every so many steps.
 """
 import sys
 import time
+from datetime import timedelta
 
 from lightning.pytorch.callbacks import Callback
 
 CLOCK_KEY = "TrainingClock"
+
+
+def parse_max_time(text):
+    """DD:HH:MM:SS -> timedelta, with a one-line error for anything else."""
+    parts = text.split(":")
+    try:
+        days, hours, minutes, seconds = (int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--max_time {text}: expected DD:HH:MM:SS, e.g. 00:01:30:00") from None
+    budget = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    if len(parts) != 4 or budget.total_seconds() <= 0:
+        raise ValueError(f"--max_time {text}: expected a positive DD:HH:MM:SS, e.g. 00:01:30:00")
+    return budget
+
+
+def format_max_time(seconds: float) -> str:
+    """Seconds -> Lightning's DD:HH:MM:SS, whole seconds, at least one."""
+    seconds = max(1, int(round(seconds)))
+    return f"{seconds // 86400:02d}:{seconds % 86400 // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 class TrainingClock(Callback):

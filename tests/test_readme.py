@@ -26,6 +26,10 @@ PARSERS = {
     "echo.data.mix": ("echo.data.mix", "build_parser"),
     "echo.data.synth": ("echo.data.synth", "build_parser"),
     "echo.recipes.real_data": ("echo.recipes.real_data", "build_parser"),
+    "echo.recipes.cpu_small": ("echo.recipes.cpu_small", "build_parser"),
+    "echo.pretrained": ("echo.pretrained", "build_parser"),
+    "experiments/compare.py": (REPO / "experiments" / "compare.py", "build_parser"),
+    "experiments/defaults.py": (REPO / "experiments" / "defaults.py", "build_parser"),
 }
 
 

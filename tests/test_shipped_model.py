@@ -49,7 +49,7 @@ def test_export_keeps_what_enhancement_needs(trained, tmp_path):
     model = load_model(tmp_path / "shipped.ckpt")
     assert model.shipped_sampler == {"predictor": "ddim", "N": 2}
     again = pretrained.export(trained, tmp_path / "next.ckpt", "ddim", 1, previous=tmp_path / "shipped.ckpt")
-    assert again["steps"] == 4 and again["seconds"] == pytest.approx(2 * info["seconds"], abs=0.2)
+    assert again["steps"] == 4 and again["seconds"] == info["seconds"]  # the clock already counts all hours
 
 
 def test_enhancement_uses_the_shipped_model_when_no_ckpt_is_given(trained, synth_dataset, tmp_path, monkeypatch, capsys):

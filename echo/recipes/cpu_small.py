@@ -38,8 +38,8 @@ from echo.data.generated_noise import babble, coloured_noise, long_term_spectrum
 from echo.data.mix import MixError, make_dataset
 from echo.data.resample import read_mono
 from echo.recipes.real_data import NOISE_PAIRS, SPEECH_CORPORA, SR, stage_noise, stage_speech
-from echo.pretrained import shipped_training
-from echo.training_clock import training_seconds
+from echo.pretrained import export, shipped_training
+from echo.training_clock import format_max_time, parse_max_time, training_seconds
 from echo.util.audio import AudioError, list_audio, write_audio_atomic
 
 BABBLE_CORPUS = "speech/librispeech_train-clean-100"
@@ -51,6 +51,7 @@ GAIN_RANGE = (-20.0, 5.0)
 MODEL_FLAGS = ["--nf", "32", "--ch_mult", "1", "2", "2", "2", "2", "--num_res_blocks", "2", "--attn_resolutions",
                "--num_frames", "64", "--batch_size", "4", "--lr", "5e-4", "--ema_decay", "0.999"]
 RUN_NAME = "echo"
+SAMPLER = ("ddim", 1)  # the exported model's default in enhancement.py (chosen on held-out pairs)
 
 
 def babble_speakers(data_root: Path, seed: int) -> list:
@@ -102,21 +103,6 @@ def newest_last_checkpoint(log_dir: Path):
     return found[-1] if found else None
 
 
-def parse_hms(text: str) -> float:
-    from datetime import timedelta
-    parts = text.split(":")
-    try:
-        days, hours, minutes, seconds = (int(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"--max_time {text}: expected DD:HH:MM:SS, e.g. 00:01:30:00") from None
-    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds).total_seconds()
-
-
-def format_hms(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 86400:02d}:{seconds % 86400 // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 def plan_training(out_dir: Path, budget_s: float, init_ckpt=None):
     """(checkpoint to resume from or None, seconds left of the budget). The ledger
     ``out_dir/budget.json`` holds the training seconds the starting checkpoint already had, so the
@@ -136,23 +122,32 @@ def plan_training(out_dir: Path, budget_s: float, init_ckpt=None):
 
 def train(args, data_dir: Path) -> int:
     out_dir = Path(args.out_dir)
-    ckpt, left_s = plan_training(out_dir, parse_hms(args.max_time), args.init_ckpt)
+    ckpt, left_s = plan_training(out_dir, parse_max_time(args.max_time).total_seconds(), args.init_ckpt)
     if left_s < 60:
         print(f"{out_dir}: the budget of {args.max_time} is spent (last checkpoint: {ckpt}); "
               "give a larger --max_time to train on")
         return 0
     command = [sys.executable, str(Path(__file__).resolve().parents[2] / "train.py"),
                "--base_dir", str(data_dir), "--log_dir", str(out_dir / "logs"), "--run_name", RUN_NAME,
-               *MODEL_FLAGS, "--max_time", format_hms(left_s), "--num_eval_files", "0", "--num_workers", "0",
+               *MODEL_FLAGS, "--max_time", format_max_time(left_s), "--num_eval_files", "0", "--num_workers", "0",
                "--accelerator", "cpu", "--progress_every", "50", "--seed", str(args.seed)]
     if ckpt is not None:
         # a training checkpoint resumes (optimizer and step counter too); a shipped model gives weights
         resumable = "optimizer_states" in read_checkpoint(ckpt)
         command += ["--ckpt" if resumable else "--init_weights", str(ckpt)]
-    print(f"training for {format_hms(left_s)}" + (f", resuming from {ckpt}" if ckpt else "") + f": {' '.join(command)}",
+    print(f"training for {format_max_time(left_s)}" + (f", resuming from {ckpt}" if ckpt else "") + f": {' '.join(command)}",
           flush=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    return subprocess.call(command, env=env)
+    status = subprocess.call(command, env=env)
+    last = newest_last_checkpoint(out_dir / "logs")
+    if status == 0 and last is not None:
+        # a run from a shipped model restarted the step counter: count that model's steps too
+        shipped_start = args.init_ckpt and "optimizer_states" not in read_checkpoint(args.init_ckpt)
+        previous = args.init_ckpt if shipped_start else None
+        info = export(last, out_dir / "echo_cpu_small.ckpt", *SAMPLER, previous=previous)
+        print(f"model: {info['path']} ({info['steps']} steps, {info['seconds'] / 3600:.2f} h of training); "
+              f"enhance with: python enhancement.py --ckpt {info['path']} --test_dir NOISY")
+    return status
 
 
 def build_parser():
@@ -178,7 +173,7 @@ def main(argv=None):
     out_dir = Path(args.out_dir)
     data_dir = out_dir / "data"
     try:
-        parse_hms(args.max_time)
+        parse_max_time(args.max_time).total_seconds()
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
