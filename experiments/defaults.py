@@ -12,6 +12,7 @@ Results: experiments/results/defaults.{md,json}.
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -43,11 +44,11 @@ def build_parser():
     parser.add_argument("--max_time", default="00:00:07:00", help="wall-clock budget of each variant, DD:HH:MM:SS")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per training process")
     parser.add_argument("--parallel", type=int, default=2, help="variants trained at the same time")
-    parser.add_argument("--network", nargs="+",
-                        default=["--nf", "16", "--ch_mult", "1", "2", "2", "2", "--num_res_blocks", "1",
-                                 "--attn_resolutions", "--num_frames", "64", "--batch_size", "4", "--lr", "1e-3",
-                                 "--ema_decay", "0.99"],
-                        help="train.py flags shared by every variant (a small network: the budget is minutes)")
+    parser.add_argument("--network", type=shlex.split,
+                        default="--nf 16 --ch_mult 1 2 2 2 --num_res_blocks 1 --attn_resolutions --num_frames 64 "
+                                "--batch_size 4 --lr 1e-3 --ema_decay 0.99",
+                        help="train.py flags shared by every variant, as one quoted string (give it as "
+                             "--network='--nf 16 ...'); a small network: the budget is minutes")
     parser.add_argument("--settings", nargs="+", type=parse_setting, default=[("ddim", 1), ("ddim", 3)],
                         help="sampler settings (predictor:N); every variant is scored with the first, the "
                              "reference variant with all")

@@ -15,7 +15,7 @@ def test_variants_train_at_equal_budget_and_are_scored_on_held_out_pairs(synth_d
     defaults.main(["--base_dir", str(synth_dataset), "--work_dir", str(tmp_path / "work"),
                    "--results_dir", str(tmp_path / "results"), "--variants", "remix echo", "remix none",
                    "--max_time", "00:00:00:04", "--n_files", "2", "--settings", "ddim:1", "ddim:2",
-                   "--network", *TINY_ARGS, "--num_frames", "16", "--batch_size", "2"])
+                   "--network=" + " ".join([*TINY_ARGS, "--num_frames", "16", "--batch_size", "2"])])
     report = json.loads((tmp_path / "results" / "defaults.json").read_text())
     rows = [(r["variant"], r["sampler"]) for r in report["rows"]]
     assert rows == [("remix echo", "ddim:1"), ("remix echo", "ddim:2"), ("remix none", "ddim:1")]

@@ -52,7 +52,13 @@ def test_report_and_run_info(demo_run):
         assert text in result.stdout
     info = json.loads((out_dir / run_demo.RUN_INFO).read_text())
     assert info["status"] == "done" and info["trained_steps"] == 2 and info["test_files"] == 2
-    assert set(info["seconds"]) == {"data", "train", "enhance", "metrics", "plots"}
+    assert set(info["seconds"]) == {"data", "train", "enhance", "metrics", "plots", "real_clip"}
+    # the real recording, enhanced by the demo's model and by the shipped model, and its figure
+    name = run_demo.REAL_CLIP.name
+    for folder in ("demo_model", "shipped_model"):
+        assert (out_dir / "real_clip" / folder / name).is_file()
+    assert (out_dir / "results" / run_demo.REAL_CLIP_PNG).is_file()
+    assert "real recording:" in result.stdout
     assert set(info["results"]["pesq"]) == {"noisy", "enhanced"}
     # train.py, run as a command on a CPU, re-execs under the allocator settings; enhancement does not
     train_info = json.loads(next((out_dir / "logs" / "demo").glob("version_*/run_info.json")).read_text())

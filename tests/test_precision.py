@@ -184,7 +184,8 @@ def test_cli_says_which_precision_first_and_records_it(flag, first_line, recorde
     code = enhancement.main(["--test_dir", str(noisy_folder), "--enhanced_dir", str(out), "--ckpt", str(tiny_ckpt),
                              "--N", "1", *flag])
     assert code == 0
-    assert capsys.readouterr().out.splitlines()[0].startswith(first_line)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"model: {tiny_ckpt}") and lines[1].startswith(first_line)
     info = json.loads((out / "run_info.json").read_text())
     assert info["precision"] == recorded and info["args"]["precision"] == (flag[1] if flag else "32")
     audio, sr = sf.read(out / "a.wav")
@@ -195,7 +196,7 @@ def test_cli_auto_names_its_reason(noisy_folder, tiny_ckpt, tmp_path, capsys):
     code = enhancement.main(["--test_dir", str(noisy_folder), "--enhanced_dir", str(tmp_path / "e"),
                              "--ckpt", str(tiny_ckpt), "--N", "1", "--precision", "auto"])
     assert code == 0
-    line = capsys.readouterr().out.splitlines()[0]
+    line = capsys.readouterr().out.splitlines()[1]
     assert line.startswith(("precision: bf16 (auto: ", "precision: fp32 (auto: ")) and "bf16" in line
 
 

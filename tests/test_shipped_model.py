@@ -100,7 +100,7 @@ def test_shipped_model_enhances_real_recordings(tmp_path):
     assert pretrained.DEFAULT_MODEL.is_file(), "the shipped model is part of the repository"
     noisy_dir = tmp_path / "noisy"
     noisy_dir.mkdir()
-    names = ["p232_013.wav", "p232_104.wav"]
+    names = ["p232_013.wav", "p232_113.wav"]
     for name in names:
         (noisy_dir / name).symlink_to(test_set / "noisy" / name)
     out = subprocess.run([sys.executable, "enhancement.py", "--test_dir", str(noisy_dir), "--enhanced_dir",
