@@ -36,7 +36,7 @@ from echo.model import NonFiniteLossError, ScoreModel
 from echo.output_scaling import resolve_output_scaling
 from echo.pretrained import shipped_training
 from echo.sdes import SDERegistry
-from echo.training_clock import ProgressLines, TrainingClock, parse_max_time, training_seconds
+from echo.training_clock import ProgressLines, TrainingClock, parse_max_time
 from echo.util.audio import AudioError, check_writable_folder, remove_stale_partials, staged_file
 from echo.util.other import group_values, positive_int, write_run_info
 
@@ -221,10 +221,8 @@ def main(argv=None):
     checkpoints = ModelCheckpoint(dirpath=os.path.join(logger.log_dir, "checkpoints"), save_last=True,
                                   monitor="valid_loss", mode="min", save_top_k=1,
                                   filename="best-loss-{epoch}-{step}")
-    clock = TrainingClock()
-    if args.ckpt:  # checkpoints from before the clock: start from the time their run's Timer recorded
-        clock.seconds_before = training_seconds(read_checkpoint(args.ckpt))
-    elif start is not None:
+    clock = TrainingClock()  # a resumed run's clock is restored by Lightning with the checkpoint
+    if start is not None:
         clock.seconds_before = shipped_training(start)["seconds"]
     callbacks = [SaveLastOnStop(checkpoints), EMA(args.ema_decay), checkpoints, clock]
     if args.progress_every > 0:

@@ -164,7 +164,7 @@ def write_run_info(out_dir: Path, info: dict):
 
 def layout(out_dir: Path) -> dict:
     return dict(data=out_dir / "data", logs=out_dir / "logs", enhanced=out_dir / "enhanced",
-                results=out_dir / "results")
+                real_clip=out_dir / "real_clip", results=out_dir / "results")
 
 
 def data_command(paths, args):
@@ -207,8 +207,7 @@ def plots_command(paths):
 def real_clip_commands(paths, ckpt, args):
     """Enhance the real recording kept in demo/real_clip/ with the demo's model and with the
     shipped model (enhancement.py without --ckpt), then draw both next to the input."""
-    real = paths["enhanced"].parent / "real_clip"
-    demo_out, shipped_out = real / "demo_model", real / "shipped_model"
+    demo_out, shipped_out = paths["real_clip"] / "demo_model", paths["real_clip"] / "shipped_model"
     name = REAL_CLIP.name
     return [
         ("6/7 real recording, demo model", ["enhancement.py", "--test_dir", str(REAL_CLIP.parent), "--enhanced_dir",
@@ -318,7 +317,7 @@ def print_report(info: dict, paths: dict):
     print(f"\ncheckpoint:   {info['checkpoint']}\nenhanced:     {paths['enhanced']}\n"
           f"results:      {paths['results'] / RESULTS_CSV}\nspectrograms: {paths['results'] / 'spectrograms.png'}\n"
           f"metrics plot: {paths['results'] / 'metrics.png'}\n"
-          f"real recording: {REAL_CLIP} -> {paths['enhanced'].parent / 'real_clip'} "
+          f"real recording: {REAL_CLIP} -> {paths['real_clip']} "
           f"(listen to both; figure {paths['results'] / REAL_CLIP_PNG})")
 
 

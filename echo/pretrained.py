@@ -51,7 +51,7 @@ def export(ckpt_path, out_path, predictor: str, N: int, previous=None) -> dict:
         training["steps"] += shipped_training(read_checkpoint(previous))["steps"]
     shipped = {
         "format": FORMAT,
-        "state_dict": {k: v.detach().clone() for k, v in ckpt["state_dict"].items()},
+        "state_dict": ckpt["state_dict"],
         "hyper_parameters": dict(ckpt["hyper_parameters"]),
         "sampler": {"predictor": predictor, "N": int(N)},
         "training": training,
@@ -71,7 +71,7 @@ def build_parser():
     parser.add_argument("--N", type=int, default=1, help="the model's default number of reverse steps")
     parser.add_argument("--previous", default=None,
                         help="the shipped file this run was started from (train.py --init_weights), so its "
-                             "steps and hours are counted too")
+                             "steps are counted too (its hours already are, by the training clock)")
     return parser
 
 

@@ -55,8 +55,9 @@ class TrainingClock(Callback):
     def state_dict(self):
         return {"seconds": self.total_seconds()}
 
-    def load_state_dict(self, state_dict):
-        self.seconds_before = float(state_dict.get("seconds", 0.0))
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        # the whole checkpoint, so that one written before the clock existed counts its Timer's time
+        self.seconds_before = training_seconds(checkpoint)
 
 
 def training_seconds(checkpoint: dict) -> float:
@@ -78,13 +79,13 @@ class ProgressLines(Callback):
     def __init__(self, every: int, clock: TrainingClock, stream=None):
         self.every, self.clock = every, clock
         self.stream = stream or sys.stdout
-        self._last = None
+        self._last = None  # (step, time) of the last line
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if step == 0 or step % self.every or step == getattr(self, "_printed", None):
+        # with gradient accumulation several batches end on the same step: one line per step
+        if step == 0 or step % self.every or (self._last and self._last[0] == step):
             return
-        self._printed = step
         now = time.monotonic()
         pace = f"{(now - self._last[1]) / (step - self._last[0]):.2f} s/step" if self._last else "-"
         self._last = (step, now)

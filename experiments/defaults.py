@@ -15,7 +15,6 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -62,18 +61,17 @@ def train_variant(args, name):
     log_dir = Path(args.work_dir) / name.replace(" ", "_").replace(",", "")
     last = log_dir / "echo" / "version_0" / "checkpoints" / "last.ckpt"
     if args.resume and last.exists():
-        return name, last, None
+        return name, last
     command = [sys.executable, str(REPO / "train.py"), "--base_dir", args.base_dir, "--log_dir", str(log_dir),
                *args.network, *VARIANTS[name], "--max_time", args.max_time, "--seed", str(args.seed),
                "--num_eval_files", "0", "--num_workers", "0", "--accelerator", "cpu", "--progress_every", "100"]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     log_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
     with open(log_dir / "train.log", "w") as log:
         status = subprocess.call(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     if status or not last.exists():
         raise SystemExit(f"error: training of '{name}' failed (exit {status}); see {log_dir / 'train.log'}")
-    return name, last, time.perf_counter() - started
+    return name, last
 
 
 def steps_of(ckpt_path):
@@ -103,7 +101,7 @@ def main(argv=None):
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         trained = list(pool.map(lambda name: train_variant(args, name), args.variants))
     rows = []
-    for index, (name, ckpt, _seconds) in enumerate(trained):
+    for index, (name, ckpt) in enumerate(trained):
         settings = args.settings if index == 0 else args.settings[:1]
         results = evaluate(ckpt, pairs, settings, args.seed, threads=2)
         table = summary(results)

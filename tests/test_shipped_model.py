@@ -113,3 +113,13 @@ def test_shipped_model_enhances_real_recordings(tmp_path):
         enhanced, _ = sf.read(tmp_path / "enhanced" / name, dtype="float32")
         assert si_sdr(clean, enhanced) > si_sdr(clean, noisy) + 3.0, name
         assert np.abs(enhanced).max() < 1.0
+
+
+def test_clock_of_a_checkpoint_from_before_the_clock_starts_at_its_timer():
+    from echo.training_clock import TrainingClock
+    old = {"callbacks": {"RunTimer": {"time_elapsed": {"train": 2520.0, "validate": 30.0}}}}
+    clock = TrainingClock()
+    clock.on_load_checkpoint(None, None, old)
+    assert clock.total_seconds() == 2520.0
+    clock.on_load_checkpoint(None, None, {"callbacks": {"TrainingClock": {"seconds": 7450.0}, **old["callbacks"]}})
+    assert clock.total_seconds() == 7450.0

@@ -20,8 +20,8 @@ Why these settings (measured on held-out splits of the real-data sets, never on 
 pretrained/README.md and experiments/results/): nf 32 with five levels and two residual blocks
 per level (3.2 M parameters, 42 min on 2 cores) gained 1.5 dB SI-SDR on held-out mixtures where
 the 0.44 M network of the demo (600 steps, the output-scaling study) gained 0.4 dB, and it still
-enhances faster than real time on 2 cores; 64-frame crops (0.5 s) at batch 4
-take 1.3 s a step on 2 cores, twice the steps of 128-frame crops in the budget; lr 5e-4 with an
+enhances faster than real time on 2 cores; 64-frame crops (0.5 s) at batch 4 take about 1.3 s a
+step on 2 cores (about 4,000 steps in 90 minutes), and longer crops cost steps; lr 5e-4 with an
 EMA of 0.999 trained stably at this size (the demo's 1e-3 / 0.99 is for runs of minutes). The
 exported model samples with one DDIM step: more steps did not score better on held-out pairs
 (experiments/results/shipped_sampler.md) and cost more.
@@ -65,7 +65,8 @@ def babble_speakers(data_root: Path, seed: int) -> list:
 
 
 def write_generated_noise(data_root: Path, folder: Path, babble_files, seed: int) -> int:
-    """Babble, speech-shaped and coloured noise files (float WAV, unit RMS) in ``folder``."""
+    """Babble, speech-shaped and coloured noise files (float WAV at an RMS of 0.1, the level of
+    the recorded noises; mixing rescales them to the drawn SNR) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     voices = [read_mono(data_root / BABBLE_CORPUS / rel, SR) for rel in babble_files]
     length = int(GENERATED_SECONDS * SR)
@@ -106,6 +107,11 @@ def newest_last_checkpoint(log_dir: Path):
     return found[-1] if found else None
 
 
+def is_training_checkpoint(path) -> bool:
+    """A checkpoint train.py can resume (it holds the optimizer state), not a shipped model."""
+    return "optimizer_states" in read_checkpoint(path)
+
+
 def plan_training(out_dir: Path, budget_s: float, init_ckpt=None):
     """(checkpoint to resume from or None, seconds left of the budget). The ledger
     ``out_dir/budget.json`` holds the training seconds the starting checkpoint already had, so the
@@ -136,8 +142,7 @@ def train(args, data_dir: Path) -> int:
                "--accelerator", "cpu", "--progress_every", "50", "--seed", str(args.seed)]
     if ckpt is not None:
         # a training checkpoint resumes (optimizer and step counter too); a shipped model gives weights
-        resumable = "optimizer_states" in read_checkpoint(ckpt)
-        command += ["--ckpt" if resumable else "--init_weights", str(ckpt)]
+        command += ["--ckpt" if is_training_checkpoint(ckpt) else "--init_weights", str(ckpt)]
     print(f"training for {format_max_time(left_s)}" + (f", resuming from {ckpt}" if ckpt else "") + f": {' '.join(command)}",
           flush=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -145,8 +150,7 @@ def train(args, data_dir: Path) -> int:
     last = newest_last_checkpoint(out_dir / "logs")
     if status == 0 and last is not None:
         # a run from a shipped model restarted the step counter: count that model's steps too
-        shipped_start = args.init_ckpt and "optimizer_states" not in read_checkpoint(args.init_ckpt)
-        previous = args.init_ckpt if shipped_start else None
+        previous = args.init_ckpt if args.init_ckpt and not is_training_checkpoint(args.init_ckpt) else None
         info = export(last, out_dir / "echo_cpu_small.ckpt", *SAMPLER, previous=previous)
         print(f"model: {info['path']} ({info['steps']} steps, {info['seconds'] / 3600:.2f} h of training); "
               f"enhance with: python enhancement.py --ckpt {info['path']} --test_dir NOISY")
@@ -176,7 +180,7 @@ def main(argv=None):
     out_dir = Path(args.out_dir)
     data_dir = out_dir / "data"
     try:
-        parse_max_time(args.max_time).total_seconds()
+        parse_max_time(args.max_time)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
