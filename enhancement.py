@@ -6,7 +6,10 @@
 Every .wav/.flac below --test_dir is enhanced into the same relative path below --enhanced_dir
 (sub-folders kept, same extension, same rate, channel count, length and, where the format
 allows, sample format). Files at any rate are resampled to the model's rate and back; long
-files are enhanced in overlapping chunks (--chunk_seconds) so that memory stays bounded.
+files are enhanced in overlapping chunks (--chunk_seconds) so that memory stays bounded. The
+model's band ends at half its rate (8 kHz): for files at a higher rate (44.1, 48 kHz) the band
+above it is carried over from the input, attenuated as the model attenuated the top of its own
+band (--high_band keep, the default), or left out (drop); the first line printed says so.
 
 Resuming: a file whose output exists is skipped (--overwrite redoes it). Outputs are written
 under a temporary name and renamed, so an interrupted run never leaves a truncated file under
@@ -21,8 +24,8 @@ enhanced and the exit status is 1. Setup errors (missing or empty folder, an out
 cannot be written, unusable checkpoint, sampler settings the model cannot use) print one line
 and exit with 2. Sampler flags left out take the
 checkpoint's own defaults. The seed, the arguments, the sampler settings, the network's
-precision and the number of network evaluations (NFE) are written to run_info.json in
---enhanced_dir.
+precision, the number of network evaluations (NFE) and what became of the band above the
+model's are written to run_info.json in --enhanced_dir.
 """
 import argparse
 import json
@@ -39,9 +42,10 @@ from tqdm import tqdm
 from echo.checkpoints import CheckpointError, load_model
 from echo.data.resample import backend_name
 from echo.enhance import DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS, enhance_audio
+from echo.high_band import DEFAULT_HIGH_BAND, HIGH_BAND_MODES, REFERENCE_BAND
 from echo.sampling import CorrectorRegistry, PredictorRegistry, SamplerError, sample, sampler_defaults
-from echo.util.audio import (AudioError, check_writable_folder, list_audio, read_audio, remove_stale_partials,
-                             write_audio_atomic)
+from echo.util.audio import (AudioError, audio_info, check_writable_folder, list_audio, read_audio,
+                             remove_stale_partials, write_audio_atomic)
 from echo.util.other import write_run_info
 from echo.util.precision import ALIASES, PRECISIONS, PrecisionError, resolve_precision, set_inference_precision
 from echo.util.seeding import derive_seed
@@ -114,6 +118,13 @@ def build_parser():
                      help="chunks of one file enhanced together in one forward pass: faster on a GPU "
                           "with memory to spare (2-3 fit 16 GB at the default chunk length), no gain "
                           "on a CPU; the outputs depend on it, like on the seed (default: 1)")
+    run.add_argument("--high_band", default=DEFAULT_HIGH_BAND, choices=HIGH_BAND_MODES,
+                     help="files at a higher rate than the model's (e.g. 48 kHz for a 16 kHz model): keep: "
+                          "their band above the model's (above 8 kHz) is carried into the output, attenuated "
+                          "frame by frame as the model attenuated the top of its own band; drop: the output "
+                          "has nothing above 8 kHz (muffled). Files with nothing above 8 kHz come out the "
+                          "same either way; files at the model's rate or lower are not affected "
+                          "(default: %(default)s)")
     return parser
 
 
@@ -152,6 +163,42 @@ def model_line(args) -> str:
     args.ckpt = str(DEFAULT_MODEL)
     return (f"model: {DEFAULT_MODEL.name}, the shipped CPU model (3.2 M parameters, trained on 2 CPU cores; "
             "not the paper's model; see pretrained/README.md); --ckpt picks another")
+
+
+def _khz(hz) -> str:
+    return f"{hz / 1000:g} kHz"
+
+
+def band_line(todo, model_sr: int, mode: str):
+    """The line that says, before any work, that the model's band is narrower than some inputs'
+    and what is done about it; None when no input's rate is above the model's."""
+    rates = []
+    for _rel, src, _dst in todo:
+        try:
+            rates.append(audio_info(src)[0])
+        except AudioError:
+            continue  # reported on its own line when its turn comes
+    above = sorted({sr for sr in rates if sr > model_sr})
+    if not above:
+        return None
+    count = sum(sr > model_sr for sr in rates)
+    nyquist = _khz(model_sr / 2)
+    head = (f"band: the model works at {_khz(model_sr)}, so its band ends at {nyquist}; {count} of "
+            f"{len(todo)} file(s) are at {' / '.join(_khz(sr) for sr in above)}: ")
+    if mode == "keep":
+        low, high = (f * model_sr / 2000 for f in REFERENCE_BAND)
+        return (head + f"their band above {nyquist} is kept, attenuated frame by frame as the model attenuated "
+                f"{low:g}-{high:g} kHz (--high_band keep; drop leaves it out)")
+    return head + f"their output has nothing above {nyquist} (--high_band drop; keep carries that band over)"
+
+
+def band_summary(mode: str, stats: dict, model_sr: int):
+    """After the run: in how many files the band above the model's was kept, or held nothing."""
+    kept, none = stats.get("high_band_kept", 0), stats.get("high_band_none", 0)
+    if mode != "keep" or not (kept or none):
+        return None
+    return (f"band above {_khz(model_sr / 2)}: kept in {kept} file(s); {none} file(s) held nothing there "
+            "(output as with --high_band drop)")
 
 
 def check_args(args):
@@ -227,7 +274,7 @@ def enhance_file(model, src, dst, rel, args, sampler_kwargs, device, stats) -> f
     try:
         enhanced = enhance_audio(model, audio, sr, sampler_kwargs, generator, chunk_seconds=args.chunk_seconds,
                                  overlap_seconds=args.overlap_seconds, batch_chunks=args.batch_chunks,
-                                 stats=stats)
+                                 stats=stats, high_band=args.high_band)
     except SamplerError:
         raise
     except torch.OutOfMemoryError:
@@ -308,7 +355,7 @@ def warn_if_settings_differ(enhanced_dir, settings, n_skipped):
 
 
 def run(args) -> int:
-    print(model_line(args), flush=True)
+    first_lines = [model_line(args)]
     check_args(args)
     todo, skipped = plan_jobs(args.test_dir, args.enhanced_dir, args.overwrite)
     device = resolve_device(args.device)
@@ -316,11 +363,12 @@ def run(args) -> int:
         precision, precision_line = resolve_precision(args.precision, device)
     except PrecisionError as err:
         raise SetupError(f"--precision {args.precision}: {err}") from None
-    print(precision_line, flush=True)
+    first_lines.append(precision_line)
     stale = remove_stale_partials(args.enhanced_dir)
     if stale:
         print(f"removed {len(stale)} unfinished temporary file(s) of an interrupted run", file=sys.stderr)
     if not todo:  # a finished run resumed: nothing to load the model for
+        print("\n".join(first_lines))
         print(f"done 0, skipped {len(skipped)}, failed 0 | nothing to enhance in {args.test_dir} "
               f"(outputs exist: pass --overwrite to redo them)")
         return 0
@@ -332,13 +380,16 @@ def run(args) -> int:
         raise SetupError(str(err)) from None
     set_inference_precision(model, precision)
     load_seconds = time.perf_counter() - load_start
+    model_sr = int(model.hparams["sr"])
+    # the band line needs the model's rate, hence the model loaded before anything is printed
+    print("\n".join(line for line in [band_line(todo, model_sr, args.high_band), *first_lines] if line), flush=True)
     # flags given on the command line win over the sampler a shipped model names
     sampler_kwargs = {**model.shipped_sampler, **sampler_kwargs_from(args)}
     sampler = resolved_sampler_settings(model, sampler_kwargs)
     nfe = check_sampler(model, sampler_kwargs)
     settings = dict(seed=args.seed, sampler=sampler, precision=precision, ckpt=str(Path(args.ckpt).resolve()),
                     chunking=dict(chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
-                                  batch_chunks=args.batch_chunks))
+                                  batch_chunks=args.batch_chunks), high_band=args.high_band)
     warn_if_settings_differ(args.enhanced_dir, settings, len(skipped))
     if skipped:
         print(f"skipping {len(skipped)} file(s) whose output exists (--overwrite redoes them)", file=sys.stderr)
@@ -361,9 +412,14 @@ def run(args) -> int:
     if done:
         write_run_info(args.enhanced_dir, **settings, args=vars(args), device=str(device),
                        nfe_per_sampling_pass=stats.get("nfe", nfe), sampling_passes=stats.get("sampling_passes"),
-                       chunks=stats.get("chunks"), resampler=backend_name(),
+                       chunks=stats.get("chunks"), resampler=backend_name(), model_sr=model_sr,
+                       high_band_files=dict(kept=stats.get("high_band_kept", 0),
+                                            nothing_above=stats.get("high_band_none", 0)),
                        files=dict(done=done, skipped=len(skipped), failed=len(failed)),
                        audio_seconds=round(audio_seconds, 3), wall_seconds=round(wall, 3))
+    summary = band_summary(args.high_band, stats, model_sr)
+    if summary:
+        print(summary)
     rtf = f"{wall / audio_seconds:.3f}" if audio_seconds else "n/a"
     print(f"done {done}, skipped {len(skipped)}, failed {len(failed)} | {audio_seconds:.1f} s of audio in "
           f"{wall:.1f} s wall (RTF {rtf}) | model load {load_seconds:.1f} s on {device}")

@@ -3,7 +3,9 @@
 Signal path for one channel (METHOD.md sections 1-2): resample to the model's rate, divide by
 the peak of the noisy channel, compressed complex STFT, zero-pad the frames to a multiple the
 U-Net can halve down to, sample the reverse process, iSTFT to the original length, multiply
-the peak back, resample to the input's rate.
+the peak back, resample to the input's rate. For a recording at a higher rate than the model's,
+the band above the model's Nyquist frequency is then carried over from the input or left out
+(``high_band``, see ``echo.high_band``).
 
 Long recordings are cut into overlapping chunks that are enhanced separately (several of them
 per forward pass with ``batch_chunks``) and cross-faded back together, so that memory does not
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from echo.data.resample import resample
+from echo.high_band import DEFAULT_HIGH_BAND, restore_high_band
 from echo.sampling import sample
 from echo.spectral import pad_frames
 
@@ -206,11 +209,16 @@ def fit_length(audio: np.ndarray, length: int) -> np.ndarray:
 
 
 def enhance_audio(model, audio, sr: int, sampler_kwargs=None, generator=None, chunk_seconds=DEFAULT_CHUNK_SECONDS,
-                  overlap_seconds=DEFAULT_OVERLAP_SECONDS, batch_chunks=1, stats=None) -> np.ndarray:
+                  overlap_seconds=DEFAULT_OVERLAP_SECONDS, batch_chunks=1, stats=None,
+                  high_band=DEFAULT_HIGH_BAND) -> np.ndarray:
     """Enhance ``audio`` ``[channels, samples]`` (or ``[samples]``) recorded at ``sr`` Hz.
 
     Returns float32 audio of the same shape at the same rate: each channel is resampled to the
-    model's rate, enhanced on its own (see ``enhance_mono``), and resampled back.
+    model's rate, enhanced on its own (see ``enhance_mono``), and resampled back. Above the
+    model's rate, ``high_band`` 'keep' adds the input's band above the model's Nyquist frequency,
+    attenuated as the model attenuated the top of its band; 'drop' leaves it out. ``stats``, if
+    given, also counts in ``high_band_kept`` / ``high_band_none`` the files above the model's
+    rate whose band above it was kept / that held nothing there.
     """
     audio = np.asarray(audio, dtype=np.float32)
     mono_input = audio.ndim == 1
@@ -225,4 +233,9 @@ def enhance_audio(model, audio, sr: int, sampler_kwargs=None, generator=None, ch
                      stats=stats).numpy()
         for channel in at_model_rate])
     out = fit_length(resample(enhanced, model_sr, sr), channels.shape[-1])
+    if sr > model_sr:
+        kept = restore_high_band(out, channels, at_model_rate, enhanced, sr, model_sr, high_band)
+        if stats is not None and high_band == "keep":
+            key = "high_band_kept" if kept else "high_band_none"
+            stats[key] = stats.get(key, 0) + 1
     return out[0] if mono_input else out
