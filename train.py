@@ -39,6 +39,7 @@ from echo.sdes import SDERegistry
 from echo.training_clock import ProgressLines, TrainingClock, parse_max_time
 from echo.util.audio import AudioError, check_writable_folder, remove_stale_partials, staged_file
 from echo.util.other import group_values, positive_int, write_run_info
+from echo.util.process_settings import environment_restored
 
 MODEL_GROUPS = ("model", "data", "NCSN++ (deformable) backbone", "ECHO SDE", "OUVE SDE", "predictive baseline")
 
@@ -194,6 +195,13 @@ def resolve_model_output_scaling(model_kwargs, ckpt=None):
 
 
 def main(argv=None):
+    # Lightning's seed_everything leaves the seed in the environment (for the processes it starts):
+    # a caller in the same process (the tests, a notebook) gets its own environment back
+    with environment_restored("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
+        return _main(argv)
+
+
+def _main(argv=None):
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:

@@ -41,7 +41,8 @@ def build_parser():
     parser.add_argument("--results_dir", default=str(REPO / "experiments" / "results"), help="where defaults.{md,json} go")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="variants to train")
     parser.add_argument("--max_time", default="00:00:07:00", help="wall-clock budget of each variant, DD:HH:MM:SS")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads per training process")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads of each training process and of the scoring that follows")
     parser.add_argument("--parallel", type=int, default=2, help="variants trained at the same time")
     parser.add_argument("--network", type=shlex.split,
                         default="--nf 16 --ch_mult 1 2 2 2 --num_res_blocks 1 --attn_resolutions --num_frames 64 "
@@ -103,7 +104,7 @@ def main(argv=None):
     rows = []
     for index, (name, ckpt) in enumerate(trained):
         settings = args.settings if index == 0 else args.settings[:1]
-        results = evaluate(ckpt, pairs, settings, args.seed, threads=2)
+        results = evaluate(ckpt, pairs, settings, args.seed, threads=args.threads)
         table = summary(results)
         for predictor, steps in settings:
             key = f"{predictor}:{steps}"

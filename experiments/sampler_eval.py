@@ -27,6 +27,7 @@ from echo.checkpoints import load_model  # noqa: E402
 from echo.enhance import enhance_audio  # noqa: E402
 from echo.util.audio import list_audio, read_audio  # noqa: E402
 from echo.util.metrics import estoi, pesq_wb, si_sdr  # noqa: E402
+from echo.util.process_settings import torch_threads  # noqa: E402
 from stats import fmt_ci, mean_ci95, paired_gain  # noqa: E402
 
 CLIP_LEVEL = 32767 / 32768
@@ -73,9 +74,13 @@ def load_pairs(clean_dir, noisy_dir, n_files):
 
 
 def evaluate(ckpt, pairs, settings, seed=0, threads=0):
-    """{"noisy": per-file scores, setting: {"files": [...], "rtf": float}}."""
-    if threads:
-        torch.set_num_threads(threads)
+    """{"noisy": per-file scores, setting: {"files": [...], "rtf": float}}; sampling runs on
+    ``threads`` torch threads (0: as the caller has it), set back on return."""
+    with torch_threads(threads):
+        return _evaluate(ckpt, pairs, settings, seed)
+
+
+def _evaluate(ckpt, pairs, settings, seed):
     model = load_model(ckpt)
     results = {"noisy": {"files": [score(c, n, sr) for _, c, n, sr in pairs]}}
     for predictor, steps in settings:

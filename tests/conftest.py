@@ -16,6 +16,13 @@ import torch  # noqa: E402
 # slowed small convolutions down several times over.
 torch.set_num_threads(int(os.environ.get("ECHO_TEST_THREADS", "1")))
 
+# every test must leave threads, dtype, grad mode, environment, ... as they are now (see process_state);
+# Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK when it is first imported, so it is imported first
+import lightning.pytorch  # noqa: E402,F401
+from process_state import expect_current, process_state_unchanged  # noqa: E402,F401
+expect_current()
+pytest_plugins = ("pytester",)  # test_process_state runs a leaking test in an inner session
+
 # the tiny network used across the suite: trains and samples in seconds on a CPU
 TINY_BACKBONE = dict(nf=16, ch_mult=[1, 2, 2, 2], num_res_blocks=1, attn_resolutions=[])
 TINY_ARGS = ["--nf", "16", "--ch_mult", "1", "2", "2", "2", "--num_res_blocks", "1", "--attn_resolutions"]

@@ -9,13 +9,21 @@ from conftest import REPO, TINY_ARGS
 
 sys.path.insert(0, str(REPO / "experiments"))
 import defaults  # noqa: E402
+import sampler_eval  # noqa: E402
 
 
-def test_variants_train_at_equal_budget_and_are_scored_on_held_out_pairs(synth_dataset, tmp_path):
+def test_variants_train_at_equal_budget_and_are_scored_on_held_out_pairs(synth_dataset, tmp_path, monkeypatch):
+    scored_on = []  # torch threads while each checkpoint is scored
+    real_evaluate = sampler_eval._evaluate
+    monkeypatch.setattr(sampler_eval, "_evaluate",
+                        lambda *args: scored_on.append(torch.get_num_threads()) or real_evaluate(*args))
+    threads = torch.get_num_threads() + 1  # not what the process has: the flag must set it
     defaults.main(["--base_dir", str(synth_dataset), "--work_dir", str(tmp_path / "work"),
                    "--results_dir", str(tmp_path / "results"), "--variants", "remix echo", "remix none",
                    "--max_time", "00:00:00:04", "--n_files", "2", "--settings", "ddim:1", "ddim:2",
+                   "--threads", str(threads),
                    "--network=" + " ".join([*TINY_ARGS, "--num_frames", "16", "--batch_size", "2"])])
+    assert scored_on == [threads, threads] and torch.get_num_threads() == threads - 1  # and set back
     report = json.loads((tmp_path / "results" / "defaults.json").read_text())
     rows = [(r["variant"], r["sampler"]) for r in report["rows"]]
     assert rows == [("remix echo", "ddim:1"), ("remix echo", "ddim:2"), ("remix none", "ddim:1")]
