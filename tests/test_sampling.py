@@ -69,6 +69,7 @@ def test_step_index_walks_the_discrete_chain():
     betas, alphas, abar = sde.discrete_schedule(20)
     w_clean, w_state, var = step.coefficients(5)
     assert w_clean == pytest.approx(float(betas[5] * abar[4].sqrt() / (1 - abar[5])))
+    assert w_state == pytest.approx(float((1 - abar[4]) * alphas[5].sqrt() / (1 - abar[5])))
     assert var == pytest.approx(float(betas[5] * (1 - abar[4]) / (1 - abar[5])))
 
 
