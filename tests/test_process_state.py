@@ -3,7 +3,7 @@ state is set back for the tests after it (tests/process_state.py)."""
 import os
 
 import pytest
-import torch
+import torch  # noqa: F401 -- used by the LEAKS statements
 
 from process_state import ProcessState
 
