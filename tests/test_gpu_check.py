@@ -152,8 +152,8 @@ def test_the_checks_run_end_to_end_on_the_cpu_with_emulated_kernels(monkeypatch,
     # the deformable layers included: their sampling positions stay in float32 under bf16
     # autocast, so the bf16 part's tolerance holds for them too
     tiny = dict(TINY_BACKBONE)
-    monkeypatch.setattr(gpu_check, "paper_backbone", lambda device: NCSNppDeform(**tiny).to(device))
-    monkeypatch.setattr(gpu_check, "paper_model", lambda device: ScoreModel(**tiny).to(device))
+    monkeypatch.setattr(gpu_check.common, "paper_backbone", lambda device: NCSNppDeform(**tiny).to(device))
+    monkeypatch.setattr(gpu_check.common, "paper_model", lambda device: ScoreModel(**tiny).to(device))
     out = tmp_path / "report.json"
     args = gpu_check.build_parser().parse_args(["--out", str(out), "--repeats", "1", "--batch_size", "2",
                                                 "--frames", "64"])
