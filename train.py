@@ -221,8 +221,11 @@ def _main(argv=None):
     model = ScoreModel(**model_kwargs)
     if start is not None:
         model.load_state_dict(start["state_dict"])
-    data = SpecsDataModule(**vars(args), pin_memory=args.accelerator != "cpu")
-    data.setup("fit")  # reads and checks every file now, so data errors come before training
+    try:
+        data = SpecsDataModule(**vars(args), pin_memory=args.accelerator != "cpu")
+        data.setup("fit")  # reads and checks every file now, so data errors come before training
+    except ValueError as err:  # inconsistent data flags
+        parser.error(str(err))
     check_writable_folder(args.log_dir)
 
     logger = make_logger(args.logger, args.log_dir, args.run_name)

@@ -22,6 +22,10 @@ parts not run are null with the reason under "notes"). Parts (benchmarks/benchli
   train    train_step_s: one paper-size training step at batch 1 (ScoreModel loss, backward,
            the model's Adam, the EMA update of echo.ema), in a child process under train.py's
            allocator settings
+  bf16train train.py --precision bf16-mixed against 32-true: seconds per training step under bf16
+           autocast and in fp32, rounds interleaved, at the shipped CPU model's size (batch 4, 64
+           frames) and the paper's (batch 1, 256 frames): shipped_bf16_train_speedup,
+           paper_bf16_train_speedup. Without bf16 units only the shipped size, at batch 1, once
   enh      enh_rtf: enhance_audio of a real ~2.5 s 16 kHz file with the paper-size model
            (random weights) and the SDE's default sampler (N=20; --enh-steps changes N); wall
            seconds per audio second. Where bf16 units exist also enh_rtf_bf16 and
@@ -106,11 +110,12 @@ import torch  # noqa: E402
 
 from benchlib.bf16 import QUALITY_BOUNDS, QUALITY_FILES, QUALITY_KEYS, bench_bf16, bench_bf16_quality  # noqa: E402
 from benchlib.memory import bench_metrics, bench_rss, rss_child  # noqa: E402
-from benchlib.speed import bench_enhancement, bench_forward, bench_train, bench_train_in_child  # noqa: E402
+from benchlib.speed import (bench_enhancement, bench_forward, bench_train, bench_train_bf16,  # noqa: E402
+                            bench_train_in_child)
 from echo.util.other import git_commit, write_text_atomic  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "latest.json"
-PARTS = ("fwd", "bf16", "train", "enh", "rss", "metrics", "bf16q")
+PARTS = ("fwd", "bf16", "train", "bf16train", "enh", "rss", "metrics", "bf16q")
 
 # Reference implementation, measured earlier on this machine: training step at batch 1 took
 # 10.1 s when the ceiling conv ran at 384 GFLOP/s.
@@ -207,6 +212,8 @@ PART_KEYS = {
     "bf16": ("fwd_s_bf16", "bf16_max_abs_diff", "bf16_fwd_speedup", "ckpt_fwd_s", "ckpt_fwd_s_bf16",
              "ckpt_bf16_fwd_speedup"),
     "train": ("train_step_s",),
+    "bf16train": ("shipped_train_step_s", "shipped_train_step_s_bf16", "shipped_bf16_train_speedup",
+                  "paper_train_step_s", "paper_train_step_s_bf16", "paper_bf16_train_speedup"),
     "enh": ("enh_rtf", "enh_rtf_bf16", "bf16_enh_speedup", "ckpt_enh_rtf", "ckpt_enh_rtf_bf16",
             "ckpt_bf16_enh_speedup"),
     "rss": ("enh_peak_rss_mb_10s", "enh_peak_rss_mb_60s"),
@@ -290,6 +297,8 @@ def run_part(part, device, args, threads):
         return bench_bf16(device, args.quick, args.bf16_forward_probe, args.ckpt)
     if part == "train":
         return bench_train_in_child(device, args, threads)
+    if part == "bf16train":
+        return bench_train_bf16(device, args.quick)
     if part == "enh":
         return bench_enhancement(device, args.quick, args.enh_steps, args.ckpt)
     if part == "rss":

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from echo.data.mixing_setup import add_mixing_args, open_corpora
+from echo.data.onthefly import MixtureConfig, draw_mixture, mixture_rng
 from echo.spectral import SpecConfig, Spectrogram
 from echo.util.audio import AudioError, audio_info, check_samples_finite, pair_audio, read_audio
 from echo.util.seeding import seeded_generator
@@ -165,9 +167,15 @@ class SpecsDataset(Dataset):
                              f"{clean_path} has {clean.shape[-1]}")
         return clean, noisy, name
 
+    def waveforms(self, epoch, index):
+        """(clean, noisy) of item ``index`` in ``epoch``: the same pair every epoch here; drawn
+        anew per epoch by ``MixtureDataset``."""
+        clean, noisy, _ = self.load_pair(index)
+        return clean, noisy
+
     def __getitem__(self, item):
         epoch, index = item if isinstance(item, tuple) else (0, item)
-        clean, noisy, _ = self.load_pair(index)
+        clean, noisy = self.waveforms(epoch, index)
         # the peak of the whole file, as enhancement uses: the release's peak of the crop puts a
         # crop at a higher level than the same audio has at enhancement (see README)
         if self.normalize_span == "file":
@@ -181,12 +189,51 @@ class SpecsDataset(Dataset):
         return clean_spec, noisy_spec
 
 
+class MixtureDataset(SpecsDataset):
+    """``length`` training mixtures per epoch, each drawn anew from (seed, epoch, index) by
+    ``echo.data.onthefly.draw_mixture``, then normalised and cropped as paired files are."""
+
+    def __init__(self, speech, noise, config, length, spectrogram, num_frames, rirs=None, **kwargs):
+        super().__init__([], spectrogram, num_frames, random_crop=True, **kwargs)
+        self.speech, self.noise, self.config, self.rirs, self.length = speech, noise, config, rirs, length
+
+    def __len__(self):
+        return self.length
+
+    def waveforms(self, epoch, index):
+        clean, noisy, _ = draw_mixture(mixture_rng(self.seed, "train", epoch, index), self.speech, self.noise,
+                                       self.config, self.rirs)
+        return torch.from_numpy(clean), torch.from_numpy(noisy)
+
+    def load_pair(self, index):
+        clean, noisy = self.waveforms(0, index)
+        return clean, noisy, f"mixture_{index:05d}"
+
+
+class FixedPairsDataset(SpecsDataset):
+    """Pairs held in memory as (name, clean, noisy) waveforms: the validation mixtures."""
+
+    def load_pair(self, index):
+        name, clean, noisy = self.pairs[index]
+        return clean, noisy, name
+
+
+def validation_mixtures(speech, noise, config, count, seed, rirs=None):
+    """``count`` mixtures drawn once, the same for every run with this seed and these corpora."""
+    pairs = []
+    for index in range(count):
+        clean, noisy, _ = draw_mixture(mixture_rng(seed, "valid", index), speech, noise, config, rirs)
+        pairs.append((f"valid_{index:03d}", torch.from_numpy(clean), torch.from_numpy(noisy)))
+    return pairs
+
+
 class SpecsDataModule(pl.LightningDataModule):
     @staticmethod
     def add_argparse_args(parser):
         group = parser.add_argument_group("data")
-        group.add_argument("--base_dir", type=str, required=True,
-                           help="Data set folder with train/, valid/ (and test/) each holding clean/ and noisy/")
+        group.add_argument("--base_dir", type=str, default=None,
+                           help="Data set folder with train/, valid/ (and test/) each holding clean/ and noisy/; "
+                                "leave it out to draw mixtures on the fly from --speech_dir and --noise_dir")
         group.add_argument("--batch_size", type=int, default=8, help="Examples per batch and device (default 8)")
         group.add_argument("--num_workers", type=int, default=4, help="Data-loader worker processes (default 4)")
         group.add_argument("--sr", type=int, default=16000, help="Sample rate the model works at (default 16000)")
@@ -207,15 +254,32 @@ class SpecsDataModule(pl.LightningDataModule):
                            help="Resample files whose rate differs from --sr on load instead of failing (default off)")
         group.add_argument("--downmix", action=argparse.BooleanOptionalAction, default=False,
                            help="Average multi-channel files to mono on load instead of failing (default off)")
+        add_mixing_args(parser)
         return parser
 
-    def __init__(self, base_dir, batch_size=8, num_workers=4, sr=16000, n_fft=510, hop_length=128,
+    def __init__(self, base_dir=None, batch_size=8, num_workers=4, sr=16000, n_fft=510, hop_length=128,
                  num_frames=256, spec_factor=0.15, spec_abs_exponent=0.5, transform_type="exponent",
                  normalize="noisy", resample=False, downmix=False, pin_memory=False, seed=0,
-                 normalize_span="file", **ignored):
+                 normalize_span="file", speech_dir=None, noise_dir=None, snr_range=(-5.0, 20.0),
+                 gain_range=(-20.0, 5.0), reverb_prob=0.0, rir_dir=None, n_rooms=200, early_ms=50.0,
+                 segment_seconds=4.0, examples_per_epoch=2000, n_valid_mixtures=24, valid_fraction=0.1,
+                 cache_dir=None, **ignored):
         super().__init__()
+        if base_dir is None and not (speech_dir and noise_dir):
+            raise AudioError("no training data: give --base_dir (paired clean/noisy folders) or --speech_dir and "
+                             "--noise_dir (mixtures drawn on the fly)")
+        if base_dir is not None and (speech_dir or noise_dir):
+            raise AudioError("give --base_dir (paired folders) or --speech_dir/--noise_dir (on-the-fly mixing), "
+                             "not both")
+        self.mixing = None
+        if base_dir is None:
+            self.mixing = dict(speech_dir=speech_dir, noise_dir=noise_dir, snr_range=tuple(snr_range),
+                               gain_range=tuple(gain_range), reverb_prob=reverb_prob, rir_dir=rir_dir,
+                               n_rooms=n_rooms, early_ms=early_ms, segment_seconds=segment_seconds,
+                               examples_per_epoch=examples_per_epoch, n_valid_mixtures=n_valid_mixtures,
+                               valid_fraction=valid_fraction, cache_dir=cache_dir)
         self.normalize_span = normalize_span
-        self.base_dir = Path(base_dir)
+        self.base_dir = Path(base_dir) if base_dir is not None else None
         self.seed = seed
         self.batch_size, self.num_workers = batch_size, num_workers
         self.sr, self.num_frames, self.normalize = sr, num_frames, normalize
@@ -224,6 +288,7 @@ class SpecsDataModule(pl.LightningDataModule):
                                       spec_factor=spec_factor, spec_abs_exponent=spec_abs_exponent)
         self.spectrogram = Spectrogram(self.spec_config)
         self.datasets = {}
+        self._corpora = None
 
     def split_pairs(self, split):
         root = self.base_dir / split
@@ -234,16 +299,36 @@ class SpecsDataModule(pl.LightningDataModule):
         return pairs
 
     def make_dataset(self, split):
+        if self.mixing:
+            return self.make_mixture_dataset(split)
         return SpecsDataset(self.split_pairs(split), self.spectrogram, self.num_frames, sr=self.sr,
                             random_crop=(split == "train"), normalize=self.normalize,
                             resample=self.resample, downmix=self.downmix, seed=self.seed,
                             normalize_span=self.normalize_span)
 
+    def make_mixture_dataset(self, split):
+        """Training: mixtures drawn on the fly; validation: a fixed set from held-apart speakers and
+        noise files. The corpora are read (and decoded into the cache) once, here."""
+        if split == "test":
+            raise AudioError("on-the-fly mixing has no test split: score a folder of pairs with calc_metrics.py")
+        if self._corpora is None:
+            self._corpora = open_corpora(self.mixing, self.sr, self.seed)
+        train_speech, valid_speech, train_noise, valid_noise, rirs = self._corpora
+        config = MixtureConfig(segment=int(round(self.mixing["segment_seconds"] * self.sr)),
+                               snr_range=self.mixing["snr_range"], gain_range=self.mixing["gain_range"],
+                               reverb_prob=self.mixing["reverb_prob"])
+        common = dict(sr=self.sr, normalize=self.normalize, seed=self.seed, normalize_span=self.normalize_span)
+        if split == "train":
+            return MixtureDataset(train_speech, train_noise, config, self.mixing["examples_per_epoch"],
+                                  self.spectrogram, self.num_frames, rirs=rirs, **common)
+        pairs = validation_mixtures(valid_speech, valid_noise, config, self.mixing["n_valid_mixtures"], self.seed, rirs)
+        return FixedPairsDataset(pairs, self.spectrogram, self.num_frames, random_crop=False, **common)
+
     def setup(self, stage=None):
         wanted = {"fit": ("train", "valid"), "validate": ("valid",), "test": ("test",)}.get(stage, SPLITS)
         for split in wanted:
             if split not in self.datasets:
-                if split == "test" and stage is None and not (self.base_dir / "test").exists():
+                if split == "test" and stage is None and (self.mixing or not (self.base_dir / "test").exists()):
                     continue
                 self.datasets[split] = self.make_dataset(split)
 

@@ -91,14 +91,14 @@ def test_cpu_small_budget_counts_every_run_of_the_recipe(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(cpu_small.subprocess, "call", lambda command, env: calls.append((command, env)) or 0)
     args = cpu_small.build_parser().parse_args(["--out_dir", str(out), "--init_ckpt", str(start), "--threads", "1"])
-    assert cpu_small.train(args, out / "data") == 0
+    assert cpu_small.train(args, ["--base_dir", str(out / "data")]) == 0
     command, env = calls[0]
     assert command[command.index("--max_time") + 1] == "00:00:40:00"
     assert command[command.index("--ckpt") + 1].endswith("version_1/checkpoints/last.ckpt")
     assert env["OMP_NUM_THREADS"] == "1" and "--progress_every" in command
 
     _checkpoint(out / "logs" / "echo" / "version_2" / "checkpoints" / "last.ckpt", 2520.0 + 5390.0)
-    assert cpu_small.train(args, out / "data") == 0 and len(calls) == 1  # spent: nothing more to do
+    assert cpu_small.train(args, ["--base_dir", str(out / "data")]) == 0 and len(calls) == 1  # spent: nothing more to do
 
 
 def test_cpu_small_continues_a_shipped_model_from_its_weights(tmp_path, monkeypatch):
@@ -107,5 +107,5 @@ def test_cpu_small_continues_a_shipped_model_from_its_weights(tmp_path, monkeypa
     monkeypatch.setattr(cpu_small.subprocess, "call", lambda command, env: calls.append(command) or 0)
     args = cpu_small.build_parser().parse_args(["--out_dir", str(tmp_path / "run"), "--init_ckpt", str(shipped)])
     (tmp_path / "run").mkdir()
-    cpu_small.train(args, tmp_path / "run" / "data")
+    cpu_small.train(args, ["--base_dir", str(tmp_path / "run" / "data")])
     assert calls[0][calls[0].index("--init_weights") + 1] == str(shipped) and "--ckpt" not in calls[0]

@@ -129,7 +129,9 @@ def plan_training(out_dir: Path, budget_s: float, init_ckpt=None):
     return resume, budget_s - spent
 
 
-def train(args, data_dir: Path) -> int:
+def train(args, data_flags, model_flags=MODEL_FLAGS, extra_flags=()) -> int:
+    """Run train.py with ``data_flags`` (where the examples come from) and ``model_flags`` within what
+    is left of ``args.max_time``, then export the shipped file; see the module's docstring."""
     out_dir = Path(args.out_dir)
     ckpt, left_s = plan_training(out_dir, parse_max_time(args.max_time).total_seconds(), args.init_ckpt)
     if left_s < 60:
@@ -137,8 +139,8 @@ def train(args, data_dir: Path) -> int:
               "give a larger --max_time to train on")
         return 0
     command = [sys.executable, str(Path(__file__).resolve().parents[2] / "train.py"),
-               "--base_dir", str(data_dir), "--log_dir", str(out_dir / "logs"), "--run_name", RUN_NAME,
-               *MODEL_FLAGS, "--max_time", format_max_time(left_s), "--num_eval_files", "0", "--num_workers", "0",
+               *data_flags, "--log_dir", str(out_dir / "logs"), "--run_name", RUN_NAME,
+               *model_flags, *extra_flags, "--max_time", format_max_time(left_s), "--num_eval_files", "0", "--num_workers", "0",
                "--accelerator", "cpu", "--progress_every", "50", "--seed", str(args.seed)]
     if ckpt is not None:
         # a training checkpoint resumes (optimizer and step counter too); a shipped model gives weights
@@ -195,7 +197,7 @@ def main(argv=None):
     if args.data_only:
         return 0
     try:
-        return train(args, data_dir)
+        return train(args, ["--base_dir", str(data_dir)])
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,127 @@
+"""The shipped CPU model trained on mixtures drawn on the fly: every example a new mixture of real
+speech and real or generated noise, in a simulated room with probability ``--reverb_prob``.
+
+    nohup python -m echo.recipes.cpu_mix --out_dir runs/cpu_mix > runs/cpu_mix.log 2>&1 &
+
+Sources (``out_dir/sources``, staged once as links and generated files): all the speech under
+``data_root/speech`` (every corpus, the LibriSpeech speakers of the babble held apart), the noise
+recordings under ``data_root/noise``, the noise of the VoiceBank-DEMAND training pairs and the
+DNS-3 synthetic pairs decoupled as noisy - clean, and the generated babble, speech-shaped and
+coloured noise of ``echo.recipes.cpu_small``. The VoiceBank-DEMAND test pairs (p232) and the
+DNS-3 blind recordings are never read.
+
+Training: train.py in its on-the-fly mode (``echo.data.onthefly``) with the network of the
+shipped model, continuing from its weights (``--init_ckpt``, default ``pretrained/
+echo_cpu_small.ckpt``); bf16-mixed where the CPU or GPU multiplies bf16 in hardware, float32
+elsewhere (said in the first line). The budget, resuming after a kill and the export work as in
+``echo.recipes.cpu_small``.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from echo.checkpoints import CheckpointError
+from echo.recipes import cpu_small
+from echo.recipes.real_data import NOISE_PAIRS, stage_noise
+from echo.training_clock import parse_max_time
+from echo.util.audio import AudioError, list_audio
+from echo.util.precision import bf16_units
+
+SPEECH_FOLDER = "speech"
+SNR_RANGE = (-5.0, 20.0)
+REVERB_PROB = 0.3
+# the shipped model's network, crops and optimiser (the settings measured for it; see its model card)
+MODEL_FLAGS = ["--nf", "32", "--ch_mult", "1", "2", "2", "2", "2", "--num_res_blocks", "2", "--attn_resolutions",
+               "--num_frames", "64", "--batch_size", "4", "--lr", "5e-4", "--ema_decay", "0.999"]
+DEFAULT_INIT = Path(__file__).resolve().parents[2] / "pretrained" / "echo_cpu_small.ckpt"
+
+
+def stage_all_speech(data_root: Path, folder: Path, exclude=frozenset()) -> int:
+    """Links ``folder/<corpus>/<file>`` to every speech file of every corpus under ``speech/``, so
+    that the corpus name stays part of each file's speaker group (``echo.data.onthefly.speaker_group``)."""
+    count = 0
+    root = data_root / SPEECH_FOLDER
+    if not root.is_dir():
+        raise AudioError(f"{root}: speech folder not found (give --data_root)")
+    for corpus in sorted(p for p in root.iterdir() if p.is_dir()):
+        for rel in list_audio(corpus):
+            if (f"{SPEECH_FOLDER}/{corpus.name}", rel) in exclude:
+                continue
+            link = folder / corpus.name / rel
+            if not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to((corpus / rel).resolve())
+            count += 1
+    return count
+
+
+def stage_sources(data_root, sources: Path, seed: int, log=print):
+    data_root = Path(data_root)
+    held_apart = cpu_small.babble_speakers(data_root, seed)
+    n_speech = stage_all_speech(data_root, sources / "speech", {(cpu_small.BABBLE_CORPUS, rel) for rel in held_apart})
+    n_noise = stage_noise(data_root, sources / "noise", NOISE_PAIRS)
+    n_generated = cpu_small.write_generated_noise(data_root, sources / "noise", held_apart, seed)
+    log(f"sources: {n_speech} speech files, {n_noise} noise recordings, {n_generated} generated noises "
+        f"(staged in {sources})")
+
+
+def training_precision(device="cpu"):
+    """('bf16-mixed' or '32-true', the reason): bf16 only where the hardware multiplies it."""
+    import torch
+
+    has_units, reason = bf16_units(torch.device(device))
+    return ("bf16-mixed" if has_units else "32-true"), reason
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m echo.recipes.cpu_mix", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data_root", default="../shared/data",
+                        help="folder holding speech/, noise/, vbdmd_train_sample/ and dns3_test_sample/")
+    parser.add_argument("--out_dir", default="runs/cpu_mix", help="folder for the staged sources and the run")
+    parser.add_argument("--max_time", default="00:01:30:00",
+                        help="wall-clock budget of training, DD:HH:MM:SS, counted over every run in --out_dir")
+    parser.add_argument("--init_ckpt", default=str(DEFAULT_INIT),
+                        help="model to continue from (a shipped model or an earlier run's last.ckpt); 'none' "
+                             "starts from random weights")
+    parser.add_argument("--reverb_prob", type=float, default=REVERB_PROB,
+                        help="probability that the speech, and independently the noise, is heard in a room")
+    parser.add_argument("--precision", default="auto",
+                        help="train.py --precision; auto: bf16-mixed where the hardware multiplies bf16, else 32-true")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads of training")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sources and of training")
+    parser.add_argument("--sources_only", action="store_true", help="stage the sources and stop")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.init_ckpt == "none":
+        args.init_ckpt = None
+    try:
+        parse_max_time(args.max_time)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    precision, reason = (args.precision, "as asked") if args.precision != "auto" else training_precision()
+    print(f"precision: {precision} ({reason})", flush=True)
+    sources = Path(args.out_dir) / "sources"
+    try:
+        stage_sources(args.data_root, sources, args.seed)
+    except AudioError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.sources_only:
+        return 0
+    data_flags = ["--speech_dir", str(sources / "speech"), "--noise_dir", str(sources / "noise"),
+                  "--snr_range", *map(str, SNR_RANGE), "--gain_range", *map(str, cpu_small.GAIN_RANGE),
+                  "--reverb_prob", str(args.reverb_prob)]
+    try:
+        return cpu_small.train(args, data_flags, MODEL_FLAGS, ["--precision", precision])
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
