@@ -4,9 +4,6 @@ TORCH_CPU ?= torch==2.13.0
 # venv of `make check-cuda-build` (the CUDA build of torch, about 5.5 GB): outside the repository
 CUDA_VENV ?= $(HOME)/.cache/echo/cuda-venv
 
-# what `make test` imports; one of them missing (a fresh machine) -> `make install` first
-TEST_IMPORTS ?= torch, lightning, numpy, scipy, soundfile, soxr, pesq, pystoi, tqdm, matplotlib, ninja, pytest, xdist
-
 .PHONY: install install-deps install-eval test-deps test test-slow demo bench pretrained check-cuda-build gpu-check
 
 install:            ## CPU-only machine: pinned CPU torch, then the rest
@@ -23,9 +20,8 @@ install-eval:       ## evaluation extras: DNSMOS (calc_metrics.py --dnsmos), Dee
 	$(PYTHON) -m pip install -r requirements-eval.txt -c $$constraints; status=$$?; rm -f $$constraints; exit $$status
 
 test-deps:          ## install what the tests need when it is missing (`make test` as the first command)
-	@$(PYTHON) -c "import $(TEST_IMPORTS)" 2>/dev/null || { \
-	echo "make test: the test requirements are not all installed; running make install first" >&2; \
-	$(MAKE) install; }
+	@$(PYTHON) -m echo.util.requirements_check requirements.txt || { \
+	echo "make test: running make install first" >&2; $(MAKE) install; }
 
 test: test-deps     ## the test suite (CPU, a few minutes); installs what is missing first; "no tests ran" (pytest exit 5) fails too
 	@$(PYTHON) -m pytest -n 2 -rs -q tests; status=$$?; \
