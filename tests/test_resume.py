@@ -83,15 +83,24 @@ def assert_same_training_state(a, b):
 # training: resume equivalence
 # ============================================================================================
 
-def test_resume_at_an_epoch_end_repeats_the_uninterrupted_run(synth_dataset, tmp_path):
-    whole = run_train(synth_dataset, tmp_path / "whole", "--max_steps", str(2 * STEPS_PER_EPOCH))
-    first = run_train(synth_dataset, tmp_path / "split", "--max_steps", str(STEPS_PER_EPOCH))
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_resume_at_an_epoch_end_repeats_the_uninterrupted_run(synth_dataset, tmp_path, monkeypatch, accumulate):
+    """With --accumulate_grad_batches 2 an epoch is two optimizer steps of two batches each; the
+    micro-batches of a step draw by their batch index, so a resumed run repeats those too."""
+    steps = STEPS_PER_EPOCH // accumulate  # optimizer steps per epoch
+    flags = ["--accumulate_grad_batches", str(accumulate)]
+    whole = run_train(synth_dataset, tmp_path / "whole", "--max_steps", str(2 * steps), *flags)
+    batches = []
+    real_step = ScoreModel.training_step
+    monkeypatch.setattr(ScoreModel, "training_step", lambda self, batch, i: batches.append(i) or real_step(self, batch, i))
+    first = run_train(synth_dataset, tmp_path / "split", "--max_steps", str(steps), *flags)
+    monkeypatch.undo()
     last = first / "checkpoints" / "last.ckpt"
-    assert load(last)["global_step"] == STEPS_PER_EPOCH
-    second = run_train(synth_dataset, tmp_path / "split", "--max_steps", str(2 * STEPS_PER_EPOCH), "--ckpt", str(last))
+    assert load(last)["global_step"] == steps and batches == list(range(STEPS_PER_EPOCH))  # one whole epoch
+    second = run_train(synth_dataset, tmp_path / "split", "--max_steps", str(2 * steps), "--ckpt", str(last), *flags)
 
     expected, resumed = train_losses(tmp_path / "whole"), train_losses(tmp_path / "split")
-    assert len(expected) == len(resumed) == 2 * STEPS_PER_EPOCH
+    assert len(expected) == len(resumed) == 2 * steps
     np.testing.assert_allclose(resumed, expected, rtol=RESUME_RTOL, atol=0.0)
     assert_same_training_state(load(second / "checkpoints" / "last.ckpt"), load(whole / "checkpoints" / "last.ckpt"))
 

@@ -1,10 +1,10 @@
 """Every training variant of the ablation study trains and enhances end to end.
 
-Each variant (the SGMSE+ baseline ``--sde ouve``, the four re-mixup modes and plain NCSN++
-``--no-deform``) trains two steps of the tiny model and enhances one file with the resulting
-checkpoint and the checkpoint's own sampler, so that a variant that saves the wrong
-hyper-parameters, or that enhancement.py would sample with the wrong sampler, fails here rather
-than in a long experiment.
+Each variant (the SGMSE+ baseline ``--sde ouve``, the predictive baseline ``--sde predictive``,
+the four re-mixup modes, plain NCSN++ ``--no-deform`` and the absolute-error loss) trains two
+steps of the tiny model and enhances one file with the resulting checkpoint and the checkpoint's
+own sampler, so that a variant that saves the wrong hyper-parameters, or that enhancement.py
+would sample with the wrong sampler, fails here rather than in a long experiment.
 """
 import json
 import shutil
@@ -36,6 +36,10 @@ VARIANTS = {
                    dict(predictor="echo_posterior", corrector="none"), 1),
     "no_deform": (["--no-deform"], dict(sde="echo", remix="echo", deform=False),
                   dict(predictor="echo_posterior", corrector="none"), 1),
+    # the same-budget predictive baseline: one network evaluation, no diffusion
+    "predictive": (["--sde", "predictive"], dict(sde="predictive", N=1), dict(predictor="ddim", corrector="none"), 1),
+    "loss_mae": (["--loss_type", "mae"], dict(sde="echo", loss_type="mae"),
+                 dict(predictor="echo_posterior", corrector="none"), 1),
 }
 NFE_PER_STEP = {"none": 1, "ald": 2}  # a corrector step costs one more network evaluation
 
