@@ -27,9 +27,13 @@ PARSERS = {
     "echo.data.synth": ("echo.data.synth", "build_parser"),
     "echo.recipes.real_data": ("echo.recipes.real_data", "build_parser"),
     "echo.recipes.cpu_small": ("echo.recipes.cpu_small", "build_parser"),
+    "echo.recipes.cpu_mix": ("echo.recipes.cpu_mix", "build_parser"),
+    "experiments/heldout_mixtures.py": (REPO / "experiments" / "heldout_mixtures.py", "build_parser"),
     "echo.pretrained": ("echo.pretrained", "build_parser"),
     "experiments/compare.py": (REPO / "experiments" / "compare.py", "build_parser"),
     "experiments/defaults.py": (REPO / "experiments" / "defaults.py", "build_parser"),
+    "experiments/high_band.py": (REPO / "experiments" / "high_band.py", "build_parser"),
+    "tools/mutants.py": (REPO / "tools" / "mutants.py", "build_parser"),
 }
 
 
