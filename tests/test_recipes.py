@@ -109,3 +109,32 @@ def test_cpu_small_continues_a_shipped_model_from_its_weights(tmp_path, monkeypa
     (tmp_path / "run").mkdir()
     cpu_small.train(args, ["--base_dir", str(tmp_path / "run" / "data")])
     assert calls[0][calls[0].index("--init_weights") + 1] == str(shipped) and "--ckpt" not in calls[0]
+
+
+def test_cpu_mix_trains_on_the_fly_from_all_speech_and_says_its_precision(tmp_path, monkeypatch, capsys):
+    from echo.recipes import cpu_mix
+    shared_data("speech")
+    calls = []
+    monkeypatch.setattr(cpu_small.subprocess, "call", lambda command, env: calls.append((command, env)) or 0)
+    monkeypatch.setattr(cpu_mix, "training_precision", lambda: ("32-true", "no bf16 units here"))
+    shipped = _checkpoint(tmp_path / "shipped.ckpt", 100.0, optimizer=False)
+    out = tmp_path / "run"
+    assert cpu_mix.main(["--out_dir", str(out), "--data_root", str(SHARED_DATA), "--init_ckpt", str(shipped),
+                         "--threads", "1", "--reverb_prob", "0.25"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "precision: 32-true (no bf16 units here)"
+    command, env = calls[0]
+    assert command[command.index("--precision") + 1] == "32-true" and env["OMP_NUM_THREADS"] == "1"
+    assert command[command.index("--reverb_prob") + 1] == "0.25" and "--base_dir" not in command
+    speech = out / "sources" / "speech"
+    assert command[command.index("--speech_dir") + 1] == str(speech)
+    assert command[command.index("--init_weights") + 1] == str(shipped)
+    # every speech corpus, each under its own folder (the speaker groups), the babble speakers left out
+    corpora = sorted(p.name for p in (SHARED_DATA / "speech").iterdir() if p.is_dir())
+    assert sorted(p.name for p in speech.iterdir()) == corpora
+    babble = {rel for rel in cpu_small.babble_speakers(SHARED_DATA, 0)}
+    staged = {p.name for p in (speech / "librispeech_train-clean-100").iterdir()}
+    assert staged and not staged & babble
+    staged_all = [p.resolve() for p in speech.rglob("*") if p.is_file()]
+    staged_all += [p.resolve() for p in (out / "sources" / "noise").iterdir()]
+    for never in real_data.NEVER_READ:
+        assert not any(str(SHARED_DATA / never) in str(p) for p in staged_all), never

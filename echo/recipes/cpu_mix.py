@@ -79,17 +79,11 @@ def build_parser():
     parser.add_argument("--data_root", default="../shared/data",
                         help="folder holding speech/, noise/, vbdmd_train_sample/ and dns3_test_sample/")
     parser.add_argument("--out_dir", default="runs/cpu_mix", help="folder for the staged sources and the run")
-    parser.add_argument("--max_time", default="00:01:30:00",
-                        help="wall-clock budget of training, DD:HH:MM:SS, counted over every run in --out_dir")
-    parser.add_argument("--init_ckpt", default=str(DEFAULT_INIT),
-                        help="model to continue from (a shipped model or an earlier run's last.ckpt); 'none' "
-                             "starts from random weights")
+    cpu_small.add_run_args(parser, init_default=str(DEFAULT_INIT))
     parser.add_argument("--reverb_prob", type=float, default=REVERB_PROB,
                         help="probability that the speech, and independently the noise, is heard in a room")
     parser.add_argument("--precision", default="auto",
                         help="train.py --precision; auto: bf16-mixed where the hardware multiplies bf16, else 32-true")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads of training")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sources and of training")
     parser.add_argument("--sources_only", action="store_true", help="stage the sources and stop")
     return parser
 

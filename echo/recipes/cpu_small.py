@@ -166,15 +166,23 @@ def build_parser():
                         help="folder holding speech/, noise/, vbdmd_train_sample/ and dns3_test_sample/")
     parser.add_argument("--out_dir", default="runs/cpu_small", help="folder for the data set and the training run")
     parser.add_argument("--n_train", type=int, default=2000, help="training pairs of 4 s")
-    parser.add_argument("--max_time", default="00:01:30:00",
-                        help="wall-clock budget of training, DD:HH:MM:SS, counted over every run in --out_dir")
-    parser.add_argument("--init_ckpt", default=None,
-                        help="model to continue from: an earlier run's last.ckpt, or the shipped "
-                             "pretrained/echo_cpu_small.ckpt")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads of training")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
+    add_run_args(parser, init_default=None)
     parser.add_argument("--data_only", action="store_true", help="build the data set and stop")
     return parser
+
+
+def add_run_args(parser, init_default):
+    """The flags of a recipe's training run that ``train`` reads (shared by the recipes)."""
+    parser.add_argument("--max_time", default="00:01:30:00",
+                        help="wall-clock budget of training, DD:HH:MM:SS, counted over every run in --out_dir")
+    parser.add_argument("--init_ckpt", default=init_default,
+                        help="model to continue from: an earlier run's last.ckpt, or the shipped "
+                             "pretrained/echo_cpu_small.ckpt" + ("; 'none' starts from random weights"
+                                                                 if init_default else ""))
+    parser.add_argument("--threads", type=int, default=2,
+                        help="CPU threads of training (1 on a machine busy with other work: a team of two "
+                             "threads waits at every barrier for the one the scheduler parked)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
 
 
 def main(argv=None):
