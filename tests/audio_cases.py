@@ -120,14 +120,20 @@ def partial_files_below(folder):
     return sorted(p for p in Path(folder).rglob(".partial-*"))
 
 
+def make_audible(state_dict):
+    """Scale up the near-zero-initialised layers of an untrained network's weights, in place.
+    Untrained, the tiny network answers ~1e-10, which a 16-bit file rounds to silence, so any two
+    runs would write the same samples; scaled, the samples depend on the seed and the file."""
+    for name, value in state_dict.items():
+        if value.is_floating_point() and value.any() and value.abs().max() < 1e-3:
+            state_dict[name] = value * 2e4
+    return state_dict
+
+
 def save_audible_checkpoint(tiny_ckpt, path):
-    """The tiny checkpoint with its near-zero-initialised layers scaled up. Untrained, the tiny
-    network answers ~1e-10, which a 16-bit file rounds to silence, so any two runs would write
-    the same samples; scaled, the samples depend on the seed and the file."""
+    """The tiny checkpoint with ``make_audible`` weights."""
     import torch
     ckpt = torch.load(tiny_ckpt, weights_only=True)
-    for name, value in ckpt["state_dict"].items():
-        if value.is_floating_point() and value.any() and value.abs().max() < 1e-3:
-            ckpt["state_dict"][name] = value * 2e4
+    make_audible(ckpt["state_dict"])
     torch.save(ckpt, path)
     return path
