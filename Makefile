@@ -4,7 +4,7 @@ TORCH_CPU ?= torch==2.13.0
 # venv of `make check-cuda-build` (the CUDA build of torch, about 5.5 GB): outside the repository
 CUDA_VENV ?= $(HOME)/.cache/echo/cuda-venv
 
-.PHONY: install install-deps install-eval test-deps test test-slow demo bench pretrained check-cuda-build gpu-check
+.PHONY: install install-deps install-eval test-deps test test-slow mutants demo bench pretrained check-cuda-build gpu-check
 
 install:            ## CPU-only machine: pinned CPU torch, then the rest
 	$(PYTHON) -m pip install $(TORCH_CPU)
@@ -29,6 +29,9 @@ test: test-deps     ## the test suite (CPU, a few minutes); installs what is mis
 
 test-slow:          ## the slow end-to-end tests (processes killed with SIGINT/SIGKILL and resumed)
 	$(PYTHON) -m pytest -n 2 -rs -q -m slow tests
+
+mutants:            ## plausible one-line bugs (tools/mutant_list.py) the suite must catch, on a copy of the tree (~30 min; not in CI)
+	$(PYTHON) tools/mutants.py $(MUTANT_ARGS)
 
 demo: install       ## quickstart: synthetic data, tiny model, enhance, score, plots (CPU, no download)
 	$(PYTHON) demo/run_demo.py --out_dir demo_out --overwrite
