@@ -155,8 +155,9 @@ def test_the_checks_run_end_to_end_on_the_cpu_with_emulated_kernels(monkeypatch,
     monkeypatch.setattr(gpu_check.common, "paper_backbone", lambda device: NCSNppDeform(**tiny).to(device))
     monkeypatch.setattr(gpu_check.common, "paper_model", lambda device: ScoreModel(**tiny).to(device))
     out = tmp_path / "report.json"
+    # the 300 s budget is sized for a GPU; bf16 emulated on a busy CPU can use it up and skip rtf
     args = gpu_check.build_parser().parse_args(["--out", str(out), "--repeats", "1", "--batch_size", "2",
-                                                "--frames", "64"])
+                                                "--frames", "64", "--time_budget", "3600"])
     env = {"gpus": [{"name": "emulated"}], "torch": torch.__version__, "git_commit": None}
     status = gpu_check.run_checks(args, ["parity", "speed", "bf16", "rtf"], device=torch.device("cpu"), env=env)
 
