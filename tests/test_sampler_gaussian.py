@@ -114,6 +114,13 @@ def vp_posterior(sde, t, t_next, eta):
     return a2 - s2 / s * a, s2 / s, 0.0
 
 
+def step_coefficients(sde, predictor, times, i):
+    """The formula of ``predictor`` for step i of the grid ``times``."""
+    if predictor == "echo_posterior":
+        return echo_chain(sde, len(times), len(times) - 1 - i)
+    return vp_posterior(sde, times[i], times[i + 1], eta=predictor == "ddpm")
+
+
 def clean_step(state, sde, t, w_clean, w_state, variance):
     """w_clean D(x) + w_state x + noise, with D the oracle's posterior mean at t."""
     g = posterior_gain(sde, t)
@@ -141,11 +148,7 @@ def expected_echo_run(predictor, N, corrector="none", snr=0.5):
             state = ald_step(state, sde, t, snr)
         if i == N - 1:
             return estimate(state, sde, t)
-        if predictor == "echo_posterior":
-            coefficients = echo_chain(sde, N, N - 1 - i)
-        else:
-            coefficients = vp_posterior(sde, t, times[i + 1], eta=predictor == "ddpm")
-        state = clean_step(state, sde, t, *coefficients)
+        state = clean_step(state, sde, t, *step_coefficients(sde, predictor, times, i))
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,10 +170,7 @@ def test_each_predictor_step_follows_its_formula(predictor, N):
             assert torch.equal(out, mean)
             torch.testing.assert_close(out, GaussianOracle(sde, "echo")(x, Y, torch.tensor([t])))
             continue
-        if predictor == "echo_posterior":
-            w_clean, w_state, variance = echo_chain(sde, N, N - 1 - i)
-        else:
-            w_clean, w_state, variance = vp_posterior(sde, t, times[i + 1], eta=predictor == "ddpm")
+        w_clean, w_state, variance = step_coefficients(sde, predictor, times, i)
         g = posterior_gain(sde, t)
         expected_mean = w_clean * (MU + g * (x - sde.alpha(t) * MU)) + w_state * x
         torch.testing.assert_close(mean, expected_mean, rtol=1e-5, atol=1e-6, msg=f"step {i}")
