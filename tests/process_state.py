@@ -20,6 +20,7 @@ IGNORED_ENVIRON = {
     "PYTEST_CURRENT_TEST",  # pytest's name of the running test
     "TORCHINDUCTOR_CACHE_DIR",  # torch's default cache folder, written on first use of the compiler
     "KMP_INIT_AT_FORK",  # an OpenMP workaround joblib and scikit-learn set on import (librosa, for DNSMOS)
+    "KMP_DUPLICATE_LIB_OK",  # the same, set by scikit-learn on import (pyroomacoustics, for simulated rooms)
 }
 
 
