@@ -219,8 +219,7 @@ def run_cli(*args):
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("problem", ["missing", "empty", "unreadable", "no_data", "both"])
-def test_bad_folders_fail_before_training_with_one_line(problem, corpora, tmp_path):
+def bad_folder_args(problem, corpora, tmp_path):
     speech, noise = str(corpora / "speech"), str(corpora / "noise")
     if problem == "missing":
         noise = str(tmp_path / "nowhere")
@@ -231,16 +230,28 @@ def test_bad_folders_fail_before_training_with_one_line(problem, corpora, tmp_pa
         (tmp_path / "bad").mkdir()
         (tmp_path / "bad" / "broken.wav").write_bytes(b"RIFF not really")
         noise = str(tmp_path / "bad")
-    args = {"no_data": [], "both": ["--base_dir", str(tmp_path), "--speech_dir", speech, "--noise_dir", noise]}.get(
+    return {"no_data": [], "both": ["--base_dir", str(tmp_path), "--speech_dir", speech, "--noise_dir", noise]}.get(
         problem, ["--speech_dir", speech, "--noise_dir", noise])
-    result = run_cli(*args, "--log_dir", str(tmp_path / "logs"), "--cache_dir", str(tmp_path / "cache"))
-    assert result.returncode != 0
+
+
+@pytest.mark.parametrize("problem, expected", [
+    ("missing", "nowhere: noise folder does not exist"), ("empty", "empty: no .wav or .flac files"),
+    ("unreadable", "none of its 1 noise files can be read"), ("no_data", "give --base_dir"), ("both", "not both")])
+def test_bad_folders_fail_before_training_with_one_line(problem, expected, corpora, tmp_path):
+    args = bad_folder_args(problem, corpora, tmp_path)
+    with pytest.raises(AudioError) as err:
+        train.main([*FAST, "--max_steps", "1", *args, "--log_dir", str(tmp_path / "logs"),
+                    "--cache_dir", str(tmp_path / "cache")])
+    assert expected in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "logs").exists()
+
+
+def test_bad_folder_on_the_command_line_is_one_line_without_a_traceback(corpora, tmp_path):
+    result = run_cli(*bad_folder_args("missing", corpora, tmp_path), "--log_dir", str(tmp_path / "logs"),
+                     "--cache_dir", str(tmp_path / "cache"))
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    expected = {"missing": "nowhere: noise folder does not exist", "empty": "empty: no .wav or .flac files",
-                "unreadable": "none of its 1 noise files can be read", "no_data": "give --base_dir",
-                "both": "not both"}[problem]
-    assert expected in lines[0]
+    assert result.returncode != 0 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("error: ") and "nowhere: noise folder does not exist" in lines[0]
     assert not (tmp_path / "logs").exists()
 
 
@@ -256,12 +267,15 @@ def test_unreadable_files_are_named_once_and_left_out(corpora, tmp_path, capsys)
     assert len(notes) == 1 and "1 noise file(s) left out" in notes[0] and "broken.wav" in notes[0]
 
 
-def test_bad_mixing_flags_are_refused(corpora, tmp_path):
+def test_bad_mixing_flags_are_refused(corpora, tmp_path, capsys):
     for flags, message in ((["--snr_range", "10", "0"], "--snr_range"), (["--reverb_prob", "1.5"], "--reverb_prob"),
                            (["--valid_fraction", "1"], "--valid_fraction")):
-        result = run_cli("--speech_dir", str(corpora / "speech"), "--noise_dir", str(corpora / "noise"), *flags,
-                         "--log_dir", str(tmp_path / "logs"), "--cache_dir", str(tmp_path / "cache"))
-        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+        with pytest.raises(SystemExit) as stop:
+            train.main([*FAST, "--max_steps", "1", "--speech_dir", str(corpora / "speech"), "--noise_dir",
+                        str(corpora / "noise"), *flags, "--log_dir", str(tmp_path / "logs"),
+                        "--cache_dir", str(tmp_path / "cache")])
+        assert stop.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
+    assert not (tmp_path / "logs").exists()
 
 
 def test_heldout_pairs_come_from_the_held_apart_speakers_and_are_written_whole(corpora, tmp_path):
