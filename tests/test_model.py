@@ -88,12 +88,15 @@ def test_the_estimate_depends_on_state_condition_and_time():
 def test_output_scaling_after_divides_the_network_output_by_t():
     torch.manual_seed(0)
     plain = ScoreModel(**TINY_BACKBONE, output_scaling="none").eval()
+    plain.load_state_dict(make_audible(plain.state_dict()))  # outputs of order one, not 1e-10
     after = ScoreModel(**TINY_BACKBONE, output_scaling="after").eval()
     after.load_state_dict(plain.state_dict())
     x, y = fixed_batch()
     t = torch.tensor([0.25, 0.8])
     with torch.no_grad():
-        torch.testing.assert_close(after(x, y, t), plain(x, y, t) / t.reshape(-1, 1, 1, 1))
+        expected = plain(x, y, t) / t.reshape(-1, 1, 1, 1)
+        assert expected.abs().max() > 0.1
+        torch.testing.assert_close(after(x, y, t), expected, rtol=1e-5, atol=0.0)
 
 
 def test_output_scaling_resolution_and_checkpoint_record():

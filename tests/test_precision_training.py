@@ -66,8 +66,9 @@ def test_train_py_bf16_mixed_runs_on_cpu_and_the_loss_falls(bf16_run, synth_data
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     before, after = fixed_batch_loss(initial, batch), fixed_batch_loss(trained, batch)
-    # measured: 10.35 -> 8.99 (-13 %); 30 steps gave -7 %
-    assert after < 0.95 * before, (before, after)
+    # after / before measured over seeds 0-4 on one thread: 0.852-0.924 (seed 0: 0.858; 0.865 on
+    # two threads); weights that do not move give 1
+    assert after < 0.97 * before, (before, after)
 
 
 def test_bf16_enhancement_keeps_the_quality_of_fp32_on_two_real_files(bf16_run):

@@ -111,6 +111,8 @@ def test_shipped_model_enhances_real_recordings(tmp_path):
         clean, _ = sf.read(test_set / "clean" / name, dtype="float32")
         noisy, _ = sf.read(noisy_dir / name, dtype="float32")
         enhanced, _ = sf.read(tmp_path / "enhanced" / name, dtype="float32")
+        # gains measured over --seed 0-4, on one and on two threads: 4.95-5.12 dB (p232_013),
+        # 6.70-6.87 dB (p232_113)
         assert si_sdr(clean, enhanced) > si_sdr(clean, noisy) + 3.0, name
         assert np.abs(enhanced).max() < 1.0
 
