@@ -17,6 +17,7 @@ from echo.model import ScoreModel
 from echo.util.audio import read_audio
 from echo.util.metrics import pesq_wb, si_sdr
 from echo.util.precision import set_inference_precision
+from echo.util.process_settings import environment_restored
 from echo.util.seeding import derive_seed
 
 STEPS = 40
@@ -57,7 +58,8 @@ def test_train_py_bf16_mixed_runs_on_cpu_and_the_loss_falls(bf16_run, synth_data
     ckpt = torch.load(last, weights_only=True)
     assert ckpt["global_step"] == STEPS
     hparams = ckpt["hyper_parameters"]
-    pl.seed_everything(SEED, verbose=False)  # train.py's start: the same initial weights
+    with environment_restored("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
+        pl.seed_everything(SEED, verbose=False)  # train.py's start: the same initial weights
     initial = ScoreModel(**hparams).eval()
     trained = ScoreModel(**hparams).eval()
     trained.load_state_dict(ckpt["current_model_state"])  # the training weights, not the EMA
