@@ -65,7 +65,8 @@ def run_tests(copy, tests, workers, count, timeout):
         done = subprocess.run(command, cwd=copy, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return None, [], time.monotonic() - started
-    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", done.stdout, flags=re.M)
+    summary = done.stdout.rpartition("short test summary info")[2]  # not the output of inner pytest runs
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", summary, flags=re.M)
     return done.returncode, failed, time.monotonic() - started
 
 
