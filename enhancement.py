@@ -51,7 +51,7 @@ from echo.util.precision import ALIASES, PRECISIONS, PrecisionError, resolve_pre
 from echo.util.seeding import derive_seed
 
 RUN_INFO_JSON = "run_info.json"
-SAMPLER_FLAGS = ("N", "predictor", "corrector", "corrector_steps", "snr", "t_eps")
+SAMPLER_FLAGS = ("N", "predictor", "corrector", "corrector_steps", "snr", "t_eps", "t_start")
 
 
 class SetupError(Exception):
@@ -91,6 +91,10 @@ def build_parser():
                          help="signal-to-noise ratio of the corrector's steps (default: the checkpoint's, 0.5)")
     sampler.add_argument("--t_eps", type=float, default=None,
                          help="last (smallest) time of the reverse grid (default: the checkpoint's, 0.04)")
+    sampler.add_argument("--t_start", type=float, default=None,
+                         help="warm start (ECHO, --predictor ddim or ddpm): the one-step estimate is re-noised to "
+                              "this time and the N steps run from there, N + 1 network evaluations in all "
+                              "(default: none, the steps start from the prior at t = 1)")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                      help="where the network runs; auto (default): CUDA, else Apple MPS, else CPU")

@@ -49,7 +49,7 @@ def build_parser():
                                 "--batch_size 4 --lr 1e-3 --ema_decay 0.99",
                         help="train.py flags shared by every variant, as one quoted string (give it as "
                              "--network='--nf 16 ...'); a small network: the budget is minutes")
-    parser.add_argument("--settings", nargs="+", type=parse_setting, default=[("ddim", 1), ("ddim", 3)],
+    parser.add_argument("--settings", nargs="+", type=parse_setting, default=[parse_setting("ddim:1"), parse_setting("ddim:3")],
                         help="sampler settings (predictor:N); every variant is scored with the first, the "
                              "reference variant with all")
     parser.add_argument("--n_files", type=int, default=24, help="held-out test pairs scored (0: all)")
@@ -106,8 +106,8 @@ def main(argv=None):
         settings = args.settings if index == 0 else args.settings[:1]
         results = evaluate(ckpt, pairs, settings, args.seed, threads=args.threads)
         table = summary(results)
-        for predictor, steps in settings:
-            key = f"{predictor}:{steps}"
+        for setting in settings:
+            key = setting.name
             rows.append({"variant": name, "sampler": key, "steps": steps_of(ckpt), "n_files": len(pairs),
                          "summary": table[key]})
             print(f"{name:32s} {key:18s} PESQ {table[key]['pesq'][0]:.3f} (Δ {table[key]['d_pesq'][0]:+.3f}) "

@@ -14,6 +14,7 @@ import json
 import math
 import sys
 import time
+from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +34,25 @@ from stats import fmt_ci, mean_ci95, paired_gain  # noqa: E402
 CLIP_LEVEL = 32767 / 32768
 
 
+class Setting(namedtuple("Setting", "predictor N t_start", defaults=(None,))):
+    """A sampler setting: predictor:N, or predictor:N@t_start for a warm start (``echo.sampling``)."""
+
+    @property
+    def name(self):
+        return f"{self.predictor}:{self.N}" + ("" if self.t_start is None else f"@{self.t_start:g}")
+
+    def kwargs(self):
+        return dict(predictor=self.predictor, N=self.N, **({} if self.t_start is None else {"t_start": self.t_start}))
+
+
 def parse_setting(text):
-    predictor, _, steps = text.partition(":")
-    if not steps.isdigit():
-        raise argparse.ArgumentTypeError(f"setting '{text}': expected predictor:N, e.g. ddim:3")
-    return predictor, int(steps)
-
-
-def setting_name(predictor, steps):
-    return f"{predictor}:{steps}"
+    predictor, _, rest = text.partition(":")
+    steps, warm, t_start = rest.partition("@")
+    try:
+        return Setting(predictor, int(steps), float(t_start) if warm else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"setting '{text}': expected predictor:N or predictor:N@t_start, "
+                                         f"e.g. ddim:3 or ddpm:2@0.5") from None
 
 
 def evenly_spaced(items, n):
@@ -83,16 +94,16 @@ def evaluate(ckpt, pairs, settings, seed=0, threads=0):
 def _evaluate(ckpt, pairs, settings, seed):
     model = load_model(ckpt)
     results = {"noisy": {"files": [score(c, n, sr) for _, c, n, sr in pairs]}}
-    for predictor, steps in settings:
+    for setting in map(lambda s: Setting(*s), settings):
         files, seconds, audio_seconds = [], 0.0, 0.0
         for rel, clean, noisy, sr in pairs:
             generator = torch.Generator().manual_seed(seed)
             started = time.perf_counter()
-            out = enhance_audio(model, noisy, sr, dict(predictor=predictor, N=steps), generator)
+            out = enhance_audio(model, noisy, sr, setting.kwargs(), generator)
             seconds += time.perf_counter() - started
             audio_seconds += len(noisy) / sr
             files.append(score(clean, out, sr))
-        results[setting_name(predictor, steps)] = {"files": files, "rtf": seconds / audio_seconds}
+        results[setting.name] = {"files": files, "rtf": seconds / audio_seconds}
     return results
 
 
@@ -131,8 +142,9 @@ def main(argv=None):
     parser.add_argument("--ckpt", required=True, help="checkpoint to evaluate")
     parser.add_argument("--clean_dir", required=True, help="clean references")
     parser.add_argument("--noisy_dir", required=True, help="noisy inputs, paired with the clean files by name")
-    parser.add_argument("--settings", nargs="+", type=parse_setting, default=[("echo_posterior", 1)],
-                        help="sampler settings as predictor:N")
+    parser.add_argument("--settings", nargs="+", type=parse_setting, default=[Setting("echo_posterior", 1)],
+                        help="sampler settings as predictor:N, or predictor:N@t_start for a warm start "
+                             "from the one-step estimate re-noised to t_start (ddim/ddpm)")
     parser.add_argument("--n_files", type=int, default=0, help="use this many files, evenly spaced (0: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

@@ -36,3 +36,16 @@ def test_variants_train_at_equal_budget_and_are_scored_on_held_out_pairs(synth_d
         assert ckpt["hyper_parameters"]["remix"] == remix
     table = (tmp_path / "results" / "defaults.md").read_text()
     assert "| remix none | ddim:1 |" in table and "00:00:00:04 of training each" in table
+
+
+def test_sampler_settings_parse_with_and_without_a_warm_start():
+    import argparse
+
+    import pytest
+
+    plain, warm = sampler_eval.parse_setting("ddim:3"), sampler_eval.parse_setting("ddpm:2@0.5")
+    assert (plain.name, plain.kwargs()) == ("ddim:3", {"predictor": "ddim", "N": 3})
+    assert (warm.name, warm.kwargs()) == ("ddpm:2@0.5", {"predictor": "ddpm", "N": 2, "t_start": 0.5})
+    for bad in ("ddim", "ddim:x", "ddim:3@", "ddim:3@late"):
+        with pytest.raises(argparse.ArgumentTypeError, match="predictor:N"):
+            sampler_eval.parse_setting(bad)

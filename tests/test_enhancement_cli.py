@@ -141,7 +141,7 @@ def test_failed_write_leaves_no_partial_or_truncated_file(tiny_ckpt, tmp_path, m
 
 
 @pytest.mark.parametrize("problem", ["same_dir", "missing_dir", "bad_ckpt", "bad_sampler", "nan_schedule",
-                                     "bad_chunks"])
+                                     "bad_chunks", "bad_warm_start"])
 def test_setup_errors_exit_2_with_one_line(problem, tiny_ckpt, tmp_path, capsys):
     noisy = tmp_path / "noisy"
     noisy.mkdir()
@@ -161,6 +161,8 @@ def test_setup_errors_exit_2_with_one_line(problem, tiny_ckpt, tmp_path, capsys)
         extra = ["--N", "2"]
     elif problem == "bad_chunks":
         extra = ["--batch_chunks", "0"]
+    elif problem == "bad_warm_start":  # the discrete chain cannot start at an intermediate time
+        extra = ["--predictor", "echo_posterior", "--t_start", "0.5"]
     argv = [item for pair in args.items() for item in pair] + extra
     before = sorted(p.name for p in noisy.iterdir())
     assert run_cli(*FAST, *argv) == 2
@@ -194,6 +196,11 @@ def test_every_sampler_flag_takes_effect(tiny_ckpt, tmp_path):
     assert info["sampler"] == {"predictor": "echo_posterior", "corrector": "langevin", "N": 1, "t_eps": 0.05,
                                "snr": 0.3, "corrector_steps": 2}
     assert info["nfe_per_sampling_pass"] == 3  # 2 corrector steps + 1 predictor step
+    warm = tmp_path / "warm"
+    assert run_cli("--test_dir", noisy, "--enhanced_dir", warm, "--ckpt", tiny_ckpt, "--predictor", "ddpm",
+                   "--N", "2", "--t_start", "0.5", "--device", "cpu") == 0
+    info = json.loads((warm / "run_info.json").read_text())
+    assert info["sampler"]["t_start"] == 0.5 and info["nfe_per_sampling_pass"] == 3  # the one-step estimate + 2
 
 
 def test_chunk_flags_set_the_chunks(tiny_ckpt, tmp_path):

@@ -154,3 +154,40 @@ def test_predictive_baseline_trains_and_predicts_in_one_pass():
     assert nfe == 1 and torch.equal(out, direct)
     with pytest.raises(SamplerError, match="one network evaluation"):
         sample(model, y, N=3)
+
+
+class _RecordingOracle:
+    """Stands in for a model: returns a fixed clean spectrogram and records each call's time and state."""
+
+    def __init__(self, clean):
+        self.sde, self.hparams, self.clean, self.calls = EchoSDE(), {"sde": "echo"}, clean, []
+
+    def __call__(self, x, y, t):
+        self.calls.append((float(t[0]), x.clone()))
+        return self.clean
+
+
+@pytest.mark.parametrize("predictor", ["ddim", "ddpm"])
+def test_warm_start_renoises_the_one_step_estimate_and_walks_from_t_start(predictor):
+    clean = noisy_spec(3, frames=64) * 5
+    oracle = _RecordingOracle(clean)
+    sde, t_start, n = oracle.sde, 0.4, 3
+    out, nfe = sample(oracle, noisy_spec(4, frames=64), N=n, predictor=predictor, t_start=t_start,
+                      generator=torch.Generator().manual_seed(0))
+    times = [t for t, _ in oracle.calls]
+    expected = [1.0] + torch.linspace(t_start, sde.t_eps, n, dtype=torch.float64).tolist()
+    assert nfe == n + 1 and times == pytest.approx(expected, abs=1e-6)
+    # the second state lies on the training marginal of t_start around the first estimate
+    z = (oracle.calls[1][1] - sde.alpha(t_start) * clean) / sde.sigma(t_start)
+    assert z.real.mean().abs() < 0.02 and z.imag.mean().abs() < 0.02
+    assert float(z.abs().pow(2).mean()) == pytest.approx(1.0, rel=0.05)  # complex standard normal
+    assert torch.allclose(out, clean)  # the last step returns the estimate
+
+
+def test_warm_start_is_refused_where_it_cannot_work(echo_model):
+    y = noisy_spec()
+    with pytest.raises(SamplerError, match="t_start.*ddim or ddpm"):
+        sample(echo_model, y, N=20, t_start=0.5)
+    for bad in (1.0, 0.01):
+        with pytest.raises(SamplerError, match=f"t_start={bad} must lie between"):
+            sample(echo_model, y, N=2, predictor="ddpm", t_start=bad)

@@ -9,6 +9,11 @@ continuous marginal, any N >= 1) and ``ddpm`` (the same with the exact continuou
 posterior noise). For the score-based ``ouve`` SDE: ``reverse_diffusion``. Defaults (N, t_eps,
 predictor, corrector) come from the model's SDE, so a checkpoint samples the way it was
 meant to unless a flag says otherwise.
+
+``t_start`` (ECHO, ddim/ddpm) is a warm start in the manner of StoRM's predictive stage: the
+network's one-step estimate from the prior is put back on the training marginal of time
+``t_start`` (alpha s^ + sigma eps) and the N steps walk linspace(t_start, t_eps, N) from there,
+so the stochastic steps only have to undo a little noise: N + 1 network evaluations.
 """
 import torch
 
@@ -28,7 +33,10 @@ def sampler_defaults(sde):
                 N=sde.N, t_eps=sde.t_eps, snr=getattr(sde, "default_snr", 0.5), corrector_steps=1)
 
 
-def _check(sde_name, sde, predictor, corrector, N, corrector_steps):
+WARM_START_PREDICTORS = ("ddim", "ddpm")
+
+
+def _check(sde_name, sde, predictor, corrector, N, corrector_steps, t_start=None):
     if predictor not in PredictorRegistry:
         raise SamplerError(f"unknown predictor '{predictor}' (known: {', '.join(PredictorRegistry.get_all_names())})")
     if corrector not in CorrectorRegistry:
@@ -48,13 +56,19 @@ def _check(sde_name, sde, predictor, corrector, N, corrector_steps):
         raise SamplerError(f"N={N}: a predictive model takes one network evaluation (N = 1)")
     if predictor == "none" and corrector == "none":
         raise SamplerError("predictor and corrector are both 'none': nothing would be sampled")
+    if t_start is not None:
+        if sde_name != "echo" or predictor not in WARM_START_PREDICTORS:
+            raise SamplerError(f"t_start (a warm start from the one-step estimate) needs an ECHO model and predictor "
+                               f"{' or '.join(WARM_START_PREDICTORS)}, not '{predictor}' with SDE '{sde_name}'")
+        if not sde.t_eps < t_start < sde.T:
+            raise SamplerError(f"t_start={t_start} must lie between t_eps ({sde.t_eps}) and {sde.T}")
     if N < 1 or corrector_steps < 1:
         raise SamplerError(f"need N >= 1 and corrector_steps >= 1, got N={N}, corrector_steps={corrector_steps}")
 
 
 @torch.inference_mode()
 def sample(model, y, N=None, predictor=None, corrector=None, corrector_steps=None, snr=None, t_eps=None,
-           generator=None):
+           generator=None, t_start=None):
     """Clean-speech spectrogram estimate [B, 1, F, T] for the noisy spectrogram ``y`` and the
     number of network evaluations it took. ``generator`` makes the run reproducible."""
     defaults = sampler_defaults(model.sde)
@@ -65,8 +79,9 @@ def sample(model, y, N=None, predictor=None, corrector=None, corrector_steps=Non
     snr = defaults["snr"] if snr is None else float(snr)
     t_eps = defaults["t_eps"] if t_eps is None else float(t_eps)
     sde_name = model.hparams.get("sde", "echo") if hasattr(model, "hparams") else "echo"
-    _check(sde_name, model.sde, predictor, corrector, N, corrector_steps)
+    t_start = None if t_start is None else float(t_start)
     sde = model.sde.copy(N=N, t_eps=t_eps)
+    _check(sde_name, sde, predictor, corrector, N, corrector_steps, t_start)
 
     nfe = 0
 
@@ -80,9 +95,13 @@ def sample(model, y, N=None, predictor=None, corrector=None, corrector_steps=Non
             return sde.score_from_clean(x, model_fn(x, y_, t), t)
         return model_fn(x, y_, t)  # score-predicting models return the score itself
 
+    x = sde.prior_sampling(y, generator)
+    if t_start is not None:
+        ones = torch.ones(y.shape[0], device=y.device, dtype=y.real.dtype)
+        x = sde.perturb(model_fn(x, y, ones), torch.full_like(ones, t_start), None, generator)
+        sde.T = t_start  # the predictors' grids and the loop below start here
     step = PredictorRegistry.get_by_name(predictor)(sde, model_fn, N)
     refine = CorrectorRegistry.get_by_name(corrector)(sde, score_fn, snr, corrector_steps)
-    x = sde.prior_sampling(y, generator)
     x_mean = x
     for i, t_value in enumerate(torch.linspace(sde.T, t_eps, N, dtype=torch.float64).tolist()):
         t = torch.full((y.shape[0],), t_value, device=y.device, dtype=y.real.dtype)
