@@ -100,17 +100,17 @@ def build_parser(argv=None):
 class SaveLastOnStop(Callback):
     """Write last.ckpt when training stops between two scheduled saves (e.g. --max_steps in the
     middle of an epoch), so that a run can always be resumed from where it stopped. It must run
-    before the EMA callback's on_train_end, which copies the averaged weights over the
-    training weights."""
+    before the EMA callback's on_train_end, which copies the averaged weights over the training
+    weights."""
 
-    def __init__(self, checkpoints: ModelCheckpoint):
-        self.checkpoints = checkpoints
+    def __init__(self, last: ModelCheckpoint):
+        self.last = last
 
     def on_train_end(self, trainer, pl_module):
-        path = os.path.join(self.checkpoints.dirpath, "last.ckpt")
-        if trainer.global_step > 0 and self.checkpoints._last_global_step_saved != trainer.global_step:
+        path = os.path.join(self.last.dirpath, "last.ckpt")
+        if trainer.global_step > 0 and self.last._last_global_step_saved != trainer.global_step:
             trainer.save_checkpoint(path)
-            self.checkpoints.last_model_path = path
+            self.last.last_model_path = path
 
 
 class RunTimer(Timer):
@@ -229,13 +229,17 @@ def _main(argv=None):
     check_writable_folder(args.log_dir)
 
     logger = make_logger(args.logger, args.log_dir, args.run_name)
-    checkpoints = ModelCheckpoint(dirpath=os.path.join(logger.log_dir, "checkpoints"), save_last=True,
+    checkpoints = ModelCheckpoint(dirpath=os.path.join(logger.log_dir, "checkpoints"),
                                   monitor="valid_loss", mode="min", save_top_k=1,
                                   filename="best-loss-{epoch}-{step}")
+    # last.ckpt after every epoch, from a callback of its own: Lightning's save_last writes it only
+    # in a step where a best checkpoint is written too, so once the validation loss stopped
+    # improving, a killed run would fall back to its best epoch, however long ago
+    last = ModelCheckpoint(dirpath=checkpoints.dirpath, filename="last", enable_version_counter=False)
     clock = TrainingClock()  # a resumed run's clock is restored by Lightning with the checkpoint
     if start is not None:
         clock.seconds_before = shipped_training(start)["seconds"]
-    callbacks = [SaveLastOnStop(checkpoints), EMA(args.ema_decay), checkpoints, clock]
+    callbacks = [SaveLastOnStop(last), EMA(args.ema_decay), checkpoints, last, clock]
     if args.progress_every > 0:
         callbacks.append(ProgressLines(args.progress_every, clock))
     if budget is not None:
@@ -261,10 +265,11 @@ def _main(argv=None):
         write_run_info(logger.log_dir, seed=args.seed, resumed_from=args.ckpt, argv=command_line, args=vars(args))
     # weights_only: tensors and plain values only, also for Lightning's own read of the file
     trainer.fit(model, datamodule=data, ckpt_path=args.ckpt, weights_only=True)
-    if not checkpoints.last_model_path:
+    last_path = last.last_model_path or last.best_model_path  # written at a stop, or at an epoch's end
+    if not last_path:
         print(f"no checkpoint written: training stopped at step {trainer.global_step} before a step was saved "
               f"(check --max_steps / --max_epochs / --max_time)", file=sys.stderr)
-    print(f"checkpoints: {checkpoints.dirpath} (last: {checkpoints.last_model_path or 'none'}, "
+    print(f"checkpoints: {checkpoints.dirpath} (last: {last_path or 'none'}, "
           f"best valid_loss: {checkpoints.best_model_path or 'none'}; step {trainer.global_step})")
 
 

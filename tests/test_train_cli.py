@@ -1,5 +1,6 @@
 import csv
 import math
+import os
 import subprocess
 import sys
 
@@ -40,6 +41,28 @@ def test_train_writes_last_ckpt_and_resumes(synth_dataset, tmp_path):
 
     resumed = run_train(synth_dataset, tmp_path, "--max_steps", "5", "--seed", "1", "--ckpt", str(last))
     assert torch.load(resumed, weights_only=True)["global_step"] == 5
+
+
+def test_last_ckpt_follows_every_epoch_when_the_validation_loss_stops_improving(synth_dataset, tmp_path,
+                                                                               monkeypatch):
+    """With --lr 0 the weights, and so the validation loss, never change: Lightning's own callback
+    writes a best checkpoint after the first epoch only, and without train.SaveLast last.ckpt would
+    stay at that epoch, so a run killed later would lose every epoch since."""
+    from lightning.pytorch import Trainer
+    writes = []  # (epoch, global step, file name) of every checkpoint written
+    real_save = Trainer.save_checkpoint
+
+    def spy(trainer, path, *args, **kwargs):
+        writes.append((trainer.current_epoch, trainer.global_step, os.path.basename(path)))
+        return real_save(trainer, path, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", spy)
+    run_train(synth_dataset, tmp_path, "--max_epochs", "3", "--lr", "0", "--seed", "1")
+    best = [w for w in writes if w[2].startswith("best-loss")]
+    assert [w[0] for w in best] == [0]  # the loss did not improve after the first epoch
+    steps_per_epoch = best[0][1]
+    last = sorted({(epoch, step) for epoch, step, name in writes if name == "last.ckpt"})
+    assert last == [(epoch, (epoch + 1) * steps_per_epoch) for epoch in range(3)]
 
 
 def test_resume_with_other_architecture_is_refused(synth_dataset, tmp_path):

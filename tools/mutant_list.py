@@ -110,6 +110,9 @@ MUTANTS = [
     Mutant("accumulate-flag-ignored", "train.py",
            "accumulate_grad_batches=args.accumulate_grad_batches,", "accumulate_grad_batches=1,", RESUME,
            "--accumulate_grad_batches does nothing"),
+    Mutant("last-ckpt-only-with-a-best-one", "train.py",
+           "EMA(args.ema_decay), checkpoints, last, clock]", "EMA(args.ema_decay), checkpoints, clock]",
+           ("tests/test_train_cli.py",), "last.ckpt stays at the best epoch once the validation loss stops improving"),
     # ---------------------------------------------------------------- enhancement
     Mutant("channel-0-in-every-channel", "echo/enhance.py",
            "enhance_mono(model, torch.from_numpy(np.ascontiguousarray(channel))",
