@@ -49,7 +49,8 @@ def build_parser():
                                 "--batch_size 4 --lr 1e-3 --ema_decay 0.99",
                         help="train.py flags shared by every variant, as one quoted string (give it as "
                              "--network='--nf 16 ...'); a small network: the budget is minutes")
-    parser.add_argument("--settings", nargs="+", type=parse_setting, default=[parse_setting("ddim:1"), parse_setting("ddim:3")],
+    parser.add_argument("--settings", nargs="+", type=parse_setting,
+                        default=[parse_setting("ddim:1"), parse_setting("ddim:3")],
                         help="sampler settings (predictor:N); every variant is scored with the first, the "
                              "reference variant with all")
     parser.add_argument("--n_files", type=int, default=24, help="held-out test pairs scored (0: all)")

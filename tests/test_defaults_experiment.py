@@ -1,8 +1,10 @@
 """experiments/defaults.py: every variant trains with its own flags for the same budget, is scored
 on the held-out split, and the table says which sampler and steps each row used."""
+import argparse
 import json
 import sys
 
+import pytest
 import torch
 
 from conftest import REPO, TINY_ARGS
@@ -39,10 +41,6 @@ def test_variants_train_at_equal_budget_and_are_scored_on_held_out_pairs(synth_d
 
 
 def test_sampler_settings_parse_with_and_without_a_warm_start():
-    import argparse
-
-    import pytest
-
     plain, warm = sampler_eval.parse_setting("ddim:3"), sampler_eval.parse_setting("ddpm:2@0.5")
     assert (plain.name, plain.kwargs()) == ("ddim:3", {"predictor": "ddim", "N": 3})
     assert (warm.name, warm.kwargs()) == ("ddpm:2@0.5", {"predictor": "ddpm", "N": 2, "t_start": 0.5})

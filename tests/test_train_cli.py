@@ -46,8 +46,8 @@ def test_train_writes_last_ckpt_and_resumes(synth_dataset, tmp_path):
 def test_last_ckpt_follows_every_epoch_when_the_validation_loss_stops_improving(synth_dataset, tmp_path,
                                                                                monkeypatch):
     """With --lr 0 the weights, and so the validation loss, never change: Lightning's own callback
-    writes a best checkpoint after the first epoch only, and without train.SaveLast last.ckpt would
-    stay at that epoch, so a run killed later would lose every epoch since."""
+    writes a best checkpoint after the first epoch only; without train.py's own "last" checkpoint
+    callback last.ckpt would stay at that epoch, so a run killed later would lose every epoch since."""
     from lightning.pytorch import Trainer
     writes = []  # (epoch, global step, file name) of every checkpoint written
     real_save = Trainer.save_checkpoint
