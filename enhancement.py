@@ -29,6 +29,7 @@ model's are written to run_info.json in --enhanced_dir.
 """
 import argparse
 import json
+import math
 import signal
 import sys
 import time
@@ -129,6 +130,11 @@ def build_parser():
                           "has nothing above 8 kHz (muffled). Files with nothing above 8 kHz come out the "
                           "same either way; files at the model's rate or lower are not affected "
                           "(default: %(default)s)")
+    run.add_argument("--atten_lim_db", type=float, default=None,
+                     help="attenuation limit in dB: the noisy input is mixed back under the output so that "
+                          "no part of it is lowered by more than this (as DeepFilterNet's --atten-lim); keeps "
+                          "more of the voice where the model distorts it, at the cost of residual noise; "
+                          "e.g. 20 (default: no limit)")
     return parser
 
 
@@ -212,6 +218,8 @@ def check_args(args):
         raise SetupError("--chunk_seconds and --overlap_seconds must not be negative")
     if args.batch_chunks < 1:
         raise SetupError(f"--batch_chunks must be at least 1, got {args.batch_chunks}")
+    if args.atten_lim_db is not None and not (math.isfinite(args.atten_lim_db) and args.atten_lim_db >= 0):
+        raise SetupError(f"--atten_lim_db must be a finite number of dB >= 0, got {args.atten_lim_db}")
 
 
 def plan_jobs(test_dir, enhanced_dir, overwrite):
@@ -278,7 +286,7 @@ def enhance_file(model, src, dst, rel, args, sampler_kwargs, device, stats) -> f
     try:
         enhanced = enhance_audio(model, audio, sr, sampler_kwargs, generator, chunk_seconds=args.chunk_seconds,
                                  overlap_seconds=args.overlap_seconds, batch_chunks=args.batch_chunks,
-                                 stats=stats, high_band=args.high_band)
+                                 stats=stats, high_band=args.high_band, atten_lim_db=args.atten_lim_db)
     except SamplerError:
         raise
     except torch.OutOfMemoryError:
@@ -393,7 +401,8 @@ def run(args) -> int:
     nfe = check_sampler(model, sampler_kwargs)
     settings = dict(seed=args.seed, sampler=sampler, precision=precision, ckpt=str(Path(args.ckpt).resolve()),
                     chunking=dict(chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
-                                  batch_chunks=args.batch_chunks), high_band=args.high_band)
+                                  batch_chunks=args.batch_chunks), high_band=args.high_band,
+                    atten_lim_db=args.atten_lim_db)
     warn_if_settings_differ(args.enhanced_dir, settings, len(skipped))
     if skipped:
         print(f"skipping {len(skipped)} file(s) whose output exists (--overwrite redoes them)", file=sys.stderr)

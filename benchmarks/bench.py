@@ -41,6 +41,11 @@ parts not run are null with the reason under "notes"). Parts (benchmarks/benchli
            bf16_sisdr_diff_db (mean of bf16 - fp32), bf16_pesq_max_abs_diff and
            bf16_sisdr_max_abs_diff_db (largest per file). Runs with or without bf16 units (the
            rounding is the same; without them it is only slower)
+  bf16parity train.py at the shipped model's size for 300 steps (--quick: 40) on generated data,
+           float32 and bf16-mixed with the same seed, and float32 with another seed:
+           parity_valid_loss_fp32/_bf16/_fp32_seed1, bf16_valid_loss_rel_diff and
+           seed_valid_loss_rel_diff (relative to the float32 run), parity_s_per_step_fp32/_bf16.
+           Only where bf16 units exist (elsewhere hours)
 
 The ceiling is a 128->128 3x3 convolution on [1, 128, 256, 256] in float32, in whichever memory
 format (plain or channels-last) is faster here: the best this machine does on the network's
@@ -109,13 +114,14 @@ if __name__ == "__main__":
 import torch  # noqa: E402
 
 from benchlib.bf16 import QUALITY_BOUNDS, QUALITY_FILES, QUALITY_KEYS, bench_bf16, bench_bf16_quality  # noqa: E402
+from benchlib.parity import PARITY_BOUND, PARITY_KEYS, bench_bf16_parity  # noqa: E402
 from benchlib.memory import bench_metrics, bench_rss, rss_child  # noqa: E402
 from benchlib.speed import (bench_enhancement, bench_forward, bench_train, bench_train_bf16,  # noqa: E402
                             bench_train_in_child)
 from echo.util.other import git_commit, write_text_atomic  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "latest.json"
-PARTS = ("fwd", "bf16", "train", "bf16train", "enh", "rss", "metrics", "bf16q")
+PARTS = ("fwd", "bf16", "train", "bf16train", "enh", "rss", "metrics", "bf16q", "bf16parity")
 
 # Reference implementation, measured earlier on this machine: training step at batch 1 took
 # 10.1 s when the ceiling conv ran at 384 GFLOP/s.
@@ -219,6 +225,7 @@ PART_KEYS = {
     "rss": ("enh_peak_rss_mb_10s", "enh_peak_rss_mb_60s"),
     "metrics": ("metrics_files_per_s_w1", "metrics_files_per_s_w2"),
     "bf16q": QUALITY_KEYS,
+    "bf16parity": PARITY_KEYS,
 }
 RESULT_KEYS = tuple(key for part in PARTS for key in PART_KEYS[part])
 
@@ -267,6 +274,9 @@ def evaluate_targets(r):
                      abs(pesq) <= QUALITY_BOUNDS["pesq"] and abs(sisdr) <= QUALITY_BOUNDS["si_sdr_db"]))
     else:
         rows.append(("bf16 - fp32 PESQ / SI-SDR", None, wanted, None))
+    parity = r.get("bf16_valid_loss_rel_diff")
+    rows.append(("bf16 training valid loss vs fp32", parity, f"|relative difference| <= {PARITY_BOUND}",
+                 abs(parity) <= PARITY_BOUND if parity is not None else None))
     return rows
 
 
@@ -305,6 +315,8 @@ def run_part(part, device, args, threads):
         return bench_rss(device)
     if part == "metrics":
         return bench_metrics(args.quick)
+    if part == "bf16parity":
+        return bench_bf16_parity(device, args.quick, threads)
     return bench_bf16_quality(device, args.quick, args.ckpt, args.quality_files)
 
 

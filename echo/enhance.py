@@ -208,9 +208,20 @@ def fit_length(audio: np.ndarray, length: int) -> np.ndarray:
     return np.pad(audio, [(0, 0)] * (audio.ndim - 1) + [(0, length - audio.shape[-1])])
 
 
+def limit_attenuation(enhanced: np.ndarray, noisy: np.ndarray, atten_lim_db=None) -> np.ndarray:
+    """Mix the noisy input back under the enhanced signal so that nothing is attenuated by more
+    than ``atten_lim_db`` (DeepFilterNet's ``--atten-lim``): ``(1 - g) enhanced + g noisy`` with
+    ``g = 10^(-atten_lim_db / 20)``. The enhanced signal is time-aligned with the input (no
+    look-ahead delay), so the mix adds no comb filtering. None: no limit."""
+    if atten_lim_db is None:
+        return enhanced
+    floor = np.float32(10.0 ** (-float(atten_lim_db) / 20.0))
+    return ((1.0 - floor) * enhanced + floor * noisy).astype(np.float32, copy=False)
+
+
 def enhance_audio(model, audio, sr: int, sampler_kwargs=None, generator=None, chunk_seconds=DEFAULT_CHUNK_SECONDS,
                   overlap_seconds=DEFAULT_OVERLAP_SECONDS, batch_chunks=1, stats=None,
-                  high_band=DEFAULT_HIGH_BAND) -> np.ndarray:
+                  high_band=DEFAULT_HIGH_BAND, atten_lim_db=None) -> np.ndarray:
     """Enhance ``audio`` ``[channels, samples]`` (or ``[samples]``) recorded at ``sr`` Hz.
 
     Returns float32 audio of the same shape at the same rate: each channel is resampled to the
@@ -218,7 +229,8 @@ def enhance_audio(model, audio, sr: int, sampler_kwargs=None, generator=None, ch
     model's rate, ``high_band`` 'keep' adds the input's band above the model's Nyquist frequency,
     attenuated as the model attenuated the top of its band; 'drop' leaves it out. ``stats``, if
     given, also counts in ``high_band_kept`` / ``high_band_none`` the files above the model's
-    rate whose band above it was kept / that held nothing there.
+    rate whose band above it was kept / that held nothing there. ``atten_lim_db``: see
+    ``limit_attenuation`` (applied last, over the whole band).
     """
     audio = np.asarray(audio, dtype=np.float32)
     mono_input = audio.ndim == 1
@@ -238,4 +250,5 @@ def enhance_audio(model, audio, sr: int, sampler_kwargs=None, generator=None, ch
         if stats is not None and high_band == "keep":
             key = "high_band_kept" if kept else "high_band_none"
             stats[key] = stats.get(key, 0) + 1
+    out = limit_attenuation(out, channels, atten_lim_db)
     return out[0] if mono_input else out

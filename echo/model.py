@@ -23,6 +23,12 @@ class ScoreModel(pl.LightningModule):
     def add_argparse_args(parser):
         group = parser.add_argument_group("model")
         group.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+        group.add_argument("--lr_decay_steps", type=int, default=0,
+                           help="Optimizer steps over which the learning rate falls linearly from --lr to --lr_min, "
+                                "then stays there (default 0: constant --lr). Counted from the run's first step: a "
+                                "run started from --init_weights decays over its own steps")
+        group.add_argument("--lr_min", type=float, default=0.0,
+                           help="Learning rate at the end of --lr_decay_steps (default 0)")
         group.add_argument("--ema_decay", type=float, default=0.999,
                            help="Decay of the weight EMA used for validation and enhancement (default 0.999)")
         group.add_argument("--loss_type", type=str, default="mse", choices=("mse", "mae"),
@@ -46,7 +52,8 @@ class ScoreModel(pl.LightningModule):
                            help="Stop after this many consecutive non-finite losses (each is skipped; default 10)")
         return parser
 
-    def __init__(self, backbone="ncsnpp_deform", sde="echo", lr=1e-4, ema_decay=0.999, loss_type="mse",
+    def __init__(self, backbone="ncsnpp_deform", sde="echo", lr=1e-4, lr_decay_steps=0, lr_min=0.0,
+                 ema_decay=0.999, loss_type="mse",
                  remix="echo", noise_bank_size=128, num_eval_files=20, max_bad_steps=10, sr=16000,
                  n_fft=510, hop_length=128, num_frames=256, spec_factor=0.15, spec_abs_exponent=0.5,
                  transform_type="exponent", normalize="noisy", seed=0, output_scaling=None,
@@ -70,7 +77,10 @@ class ScoreModel(pl.LightningModule):
         self.spectrogram = Spectrogram(SpecConfig(n_fft=n_fft, hop_length=hop_length,
                                                   transform_type=transform_type, spec_factor=spec_factor,
                                                   spec_abs_exponent=spec_abs_exponent))
+        if lr_decay_steps < 0 or not 0 <= lr_min <= lr:
+            raise ValueError(f"lr_decay_steps must be >= 0 and 0 <= lr_min <= lr (got {lr_decay_steps}, {lr_min}, {lr})")
         self.lr, self.loss_type, self.remix_mode = lr, loss_type, remix
+        self.lr_decay_steps, self.lr_min = int(lr_decay_steps), float(lr_min)
         self.noise_bank = NoiseBank(noise_bank_size)
         self.num_eval_files = num_eval_files
         self.max_bad_steps = max_bad_steps
@@ -96,7 +106,22 @@ class ScoreModel(pl.LightningModule):
         return -out if self.sde.prediction == "score" else out
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        if not self.lr_decay_steps:
+            return optimizer
+        # a linear fall at the end of training (the decay phase of a warmup-stable-decay schedule)
+        # lowers the loss beyond what the weight EMA alone reaches; the scheduler's step count is
+        # in the checkpoint, so a resumed run continues the same fall
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_factor(step))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rate after ``step`` optimizer steps, as a fraction of --lr."""
+        if not self.lr_decay_steps:
+            return 1.0
+        end = self.lr_min / self.lr if self.lr > 0 else 1.0
+        done = min(step, self.lr_decay_steps) / self.lr_decay_steps
+        return 1.0 + (end - 1.0) * done
 
     def loss_fn(self, err):
         per_bin = err.abs().square() if self.loss_type == "mse" else err.abs()

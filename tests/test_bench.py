@@ -78,3 +78,56 @@ def test_bad_arguments_stop_with_one_line(bench, tmp_path):
             bench.check_args(args)
             bench.selected_parts(args)
         assert message in str(stop.value)
+
+
+def test_bf16_training_parity_target(bench):
+    name = "bf16 training valid loss vs fp32"
+    assert verdicts(bench)[name] is None
+    assert verdicts(bench, bf16_valid_loss_rel_diff=-0.021)[name] is True
+    assert verdicts(bench, bf16_valid_loss_rel_diff=0.08)[name] is False
+
+
+def test_bf16_parity_compares_each_run_with_the_float32_run_of_the_same_seed(bench, monkeypatch, tmp_path):
+    import benchlib.parity
+    import echo.util.precision
+
+    with_units = echo.util.precision.cpu_bf16_units({"avx512f", "avx512_bf16"})
+    monkeypatch.setattr(echo.util.precision, "bf16_units", lambda device, flags=None: with_units)
+    calls = []
+    fake = {("32-true", 0): 20.0, ("bf16-mixed", 0): 20.5, ("32-true", 1): 19.0}
+
+    def fake_run(data, log_dir, precision, seed, steps, device, threads):
+        calls.append((precision, seed, steps))
+        assert (data / "train" / "clean").is_dir()
+        return fake[precision, seed], 0.5 if precision == "32-true" else 0.25
+
+    monkeypatch.setattr(benchlib.parity, "train_run", fake_run)
+    measured = benchlib.parity.bench_bf16_parity(torch.device("cpu"), quick=True, threads=1)
+    assert calls == [("32-true", 0, 40), ("bf16-mixed", 0, 40), ("32-true", 1, 40)]
+    assert measured["bf16_valid_loss_rel_diff"] == pytest.approx(0.025)
+    assert measured["seed_valid_loss_rel_diff"] == pytest.approx(-0.05)
+    assert measured["parity_s_per_step_bf16"] == 0.25 and set(benchlib.parity.PARITY_KEYS) <= set(measured)
+
+
+def test_bf16_parity_is_not_run_without_bf16_units(bench, monkeypatch):
+    import benchlib.parity
+    import echo.util.precision
+
+    without_units = echo.util.precision.cpu_bf16_units({"avx2", "avx512f"})
+    monkeypatch.setattr(echo.util.precision, "bf16_units", lambda device, flags=None: without_units)
+    monkeypatch.setattr(benchlib.parity, "train_run", lambda *a: pytest.fail("trained without bf16 units"))
+    measured = benchlib.parity.bench_bf16_parity(torch.device("cpu"), quick=True, threads=1)
+    assert set(measured["notes"]) == set(benchlib.parity.PARITY_KEYS)
+    assert all("not measured" in note for note in measured["notes"].values())
+
+
+def test_parity_reads_the_last_validation_loss_and_refuses_a_run_without_one(bench, tmp_path):
+    import benchlib.parity
+
+    run = tmp_path / "echo" / "version_0"
+    run.mkdir(parents=True)
+    (run / "metrics.csv").write_text("epoch,step,train_loss,valid_loss\n0,19,30.0,\n0,19,,25.5\n1,39,,22.25\n")
+    assert benchlib.parity.last_valid_loss(tmp_path) == 22.25
+    (run / "metrics.csv").write_text("epoch,step,train_loss,valid_loss\n0,19,30.0,\n")
+    with pytest.raises(RuntimeError, match="no valid_loss"):
+        benchlib.parity.last_valid_loss(tmp_path)

@@ -141,7 +141,7 @@ def test_failed_write_leaves_no_partial_or_truncated_file(tiny_ckpt, tmp_path, m
 
 
 @pytest.mark.parametrize("problem", ["same_dir", "missing_dir", "bad_ckpt", "bad_sampler", "nan_schedule",
-                                     "bad_chunks", "bad_warm_start"])
+                                     "bad_chunks", "bad_warm_start", "bad_atten_lim"])
 def test_setup_errors_exit_2_with_one_line(problem, tiny_ckpt, tmp_path, capsys):
     noisy = tmp_path / "noisy"
     noisy.mkdir()
@@ -163,6 +163,8 @@ def test_setup_errors_exit_2_with_one_line(problem, tiny_ckpt, tmp_path, capsys)
         extra = ["--batch_chunks", "0"]
     elif problem == "bad_warm_start":  # the discrete chain cannot start at an intermediate time
         extra = ["--predictor", "echo_posterior", "--t_start", "0.5"]
+    elif problem == "bad_atten_lim":
+        extra = ["--atten_lim_db", "-6"]
     argv = [item for pair in args.items() for item in pair] + extra
     before = sorted(p.name for p in noisy.iterdir())
     assert run_cli(*FAST, *argv) == 2
@@ -220,6 +222,24 @@ def test_chunk_flags_set_the_chunks(tiny_ckpt, tmp_path):
         counts.append(info["chunks"])
         assert info["chunks"] == len(chunk_starts(32000, chunk, int(overlap * 16000))), overlap
     assert 1 < counts[0] < counts[1]
+
+
+def test_attenuation_limit_mixes_the_input_back_at_its_level(audible_ckpt, tmp_path):
+    """--atten_lim_db L: output = (1 - g) * unlimited output + g * input, g = 10^(-L/20), sample
+    for sample (same seed, so the unlimited output is the same), and the run records it."""
+    noisy = tmp_path / "noisy"
+    noisy.mkdir()
+    sf.write(noisy / "a.wav", tone(0.3, 16000), 16000, subtype="FLOAT")
+    base = ["--test_dir", noisy, "--ckpt", audible_ckpt, *FAST]
+    assert run_cli(*base, "--enhanced_dir", tmp_path / "free") == 0
+    assert run_cli(*base, "--enhanced_dir", tmp_path / "limited", "--atten_lim_db", "12") == 0
+    free, limited, original = (read(p)[0][:, 0] for p in (tmp_path / "free" / "a.wav", tmp_path / "limited" / "a.wav",
+                                                          noisy / "a.wav"))
+    g = 10 ** (-12 / 20)
+    assert np.max(np.abs(free - original)) > 0.05  # the model changed the signal, so the mix is visible
+    np.testing.assert_allclose(limited, (1 - g) * free + g * original, atol=1e-6)
+    assert json.loads((tmp_path / "limited" / "run_info.json").read_text())["atten_lim_db"] == 12
+    assert json.loads((tmp_path / "free" / "run_info.json").read_text())["atten_lim_db"] is None
 
 
 def test_every_flag_has_help():

@@ -31,6 +31,7 @@ PARSERS = {
     "experiments/heldout_mixtures.py": (REPO / "experiments" / "heldout_mixtures.py", "build_parser"),
     "echo.pretrained": ("echo.pretrained", "build_parser"),
     "experiments/compare.py": (REPO / "experiments" / "compare.py", "build_parser"),
+    "experiments/paired.py": (REPO / "experiments" / "paired.py", "build_parser"),
     "experiments/defaults.py": (REPO / "experiments" / "defaults.py", "build_parser"),
     "experiments/high_band.py": (REPO / "experiments" / "high_band.py", "build_parser"),
     "tools/mutants.py": (REPO / "tools" / "mutants.py", "build_parser"),

@@ -120,11 +120,14 @@ def test_cpu_mix_trains_on_the_fly_from_all_speech_and_says_its_precision(tmp_pa
     shipped = _checkpoint(tmp_path / "shipped.ckpt", 100.0, optimizer=False)
     out = tmp_path / "run"
     assert cpu_mix.main(["--out_dir", str(out), "--data_root", str(SHARED_DATA), "--init_ckpt", str(shipped),
-                         "--threads", "1", "--reverb_prob", "0.25"]) == 0
+                         "--threads", "1", "--reverb_prob", "0.25", "--lr_decay_steps", "3000"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "precision: 32-true (no bf16 units here)"
     command, env = calls[0]
     assert command[command.index("--precision") + 1] == "32-true" and env["OMP_NUM_THREADS"] == "1"
     assert command[command.index("--reverb_prob") + 1] == "0.25" and "--base_dir" not in command
+    # the cool-down reaches train.py, at the shipped model's learning rate; each flag given once
+    assert command[command.index("--lr_decay_steps") + 1] == "3000" and command.count("--lr") == 1
+    assert float(command[command.index("--lr") + 1]) == cpu_mix.LR
     speech = out / "sources" / "speech"
     assert command[command.index("--speech_dir") + 1] == str(speech)
     assert command[command.index("--init_weights") + 1] == str(shipped)

@@ -122,3 +122,27 @@ def test_bad_max_time_is_one_line(tmp_path):
     out = subprocess.run([sys.executable, "train.py", "--base_dir", str(tmp_path), "--max_time", "30min"],
                          cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 2 and "--max_time 30min" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_lr_decay_falls_linearly_to_lr_min_and_a_resume_continues_the_fall(synth_dataset, tmp_path, monkeypatch):
+    """--lr_decay_steps: the Adam step k uses lr + (lr_min - lr) * min(k, decay) / decay; a run
+    resumed from last.ckpt takes the scheduler's place from the checkpoint, not from zero."""
+    used = []  # learning rate of every optimizer step, as Adam read it
+    real_step = torch.optim.Adam.step
+
+    def spy(optimizer, *args, **kwargs):
+        used.append(optimizer.param_groups[0]["lr"])
+        return real_step(optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    flags = ("--lr", "1e-3", "--lr_decay_steps", "4", "--lr_min", "2e-4", "--seed", "1")
+    last = run_train(synth_dataset, tmp_path / "a", "--max_steps", "3", *flags)
+    run_train(synth_dataset, tmp_path / "a", "--max_steps", "6", "--ckpt", str(last), *flags)
+    expected = [1e-3, 8e-4, 6e-4, 4e-4, 2e-4, 2e-4]
+    assert used == pytest.approx(expected)
+
+
+def test_lr_decay_refuses_a_floor_above_the_rate():
+    from echo.model import ScoreModel
+    with pytest.raises(ValueError, match="lr_min"):
+        ScoreModel(lr=1e-4, lr_decay_steps=10, lr_min=1e-3)

@@ -32,7 +32,8 @@ SNR_RANGE = (-5.0, 20.0)
 REVERB_PROB = 0.3
 # the shipped model's network, crops and optimiser (the settings measured for it; see its model card)
 MODEL_FLAGS = ["--nf", "32", "--ch_mult", "1", "2", "2", "2", "2", "--num_res_blocks", "2", "--attn_resolutions",
-               "--num_frames", "64", "--batch_size", "4", "--lr", "5e-4", "--ema_decay", "0.999"]
+               "--num_frames", "64", "--batch_size", "4", "--ema_decay", "0.999"]
+LR = 5e-4
 DEFAULT_INIT = Path(__file__).resolve().parents[2] / "pretrained" / "echo_cpu_small.ckpt"
 
 
@@ -82,6 +83,10 @@ def build_parser():
     cpu_small.add_run_args(parser, init_default=str(DEFAULT_INIT))
     parser.add_argument("--reverb_prob", type=float, default=REVERB_PROB,
                         help="probability that the speech, and independently the noise, is heard in a room")
+    parser.add_argument("--lr", type=float, default=LR, help="Adam learning rate (train.py --lr)")
+    parser.add_argument("--lr_decay_steps", type=int, default=0,
+                        help="train.py --lr_decay_steps: steps of a linear fall of the learning rate to 0 "
+                             "(0: constant; counted from the run's first step)")
     parser.add_argument("--precision", default="auto",
                         help="train.py --precision; auto: bf16-mixed where the hardware multiplies bf16, else 32-true")
     parser.add_argument("--sources_only", action="store_true", help="stage the sources and stop")
@@ -111,7 +116,8 @@ def main(argv=None):
                   "--snr_range", *map(str, SNR_RANGE), "--gain_range", *map(str, cpu_small.GAIN_RANGE),
                   "--reverb_prob", str(args.reverb_prob)]
     try:
-        return cpu_small.train(args, data_flags, MODEL_FLAGS, ["--precision", precision])
+        schedule = ["--lr", str(args.lr), "--lr_decay_steps", str(args.lr_decay_steps)]
+        return cpu_small.train(args, data_flags, MODEL_FLAGS + schedule, ["--precision", precision])
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
