@@ -141,3 +141,21 @@ def test_cpu_mix_trains_on_the_fly_from_all_speech_and_says_its_precision(tmp_pa
     staged_all += [p.resolve() for p in (out / "sources" / "noise").iterdir()]
     for never in real_data.NEVER_READ:
         assert not any(str(SHARED_DATA / never) in str(p) for p in staged_all), never
+
+
+def test_cpu_mix_trains_the_predictive_twin_from_random_weights_only(tmp_path, monkeypatch, capsys):
+    from echo.recipes import cpu_mix
+    shared_data("speech")
+    calls = []
+    monkeypatch.setattr(cpu_small.subprocess, "call", lambda command, env: calls.append(command) or 0)
+    monkeypatch.setattr(cpu_mix, "training_precision", lambda: ("32-true", "no bf16 units here"))
+    shipped = _checkpoint(tmp_path / "shipped.ckpt", 100.0, optimizer=False)
+    # from the shipped ECHO weights train.py would take the checkpoint's SDE: refused before any work
+    assert cpu_mix.main(["--out_dir", str(tmp_path / "a"), "--data_root", str(SHARED_DATA), "--sde", "predictive",
+                         "--init_ckpt", str(shipped)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--init_ckpt none" in err and not calls and not (tmp_path / "a").exists()
+    assert cpu_mix.main(["--out_dir", str(tmp_path / "b"), "--data_root", str(SHARED_DATA), "--sde", "predictive",
+                         "--init_ckpt", "none"]) == 0
+    command = calls[0]
+    assert command[command.index("--sde") + 1] == "predictive" and "--init_weights" not in command

@@ -87,6 +87,10 @@ def build_parser():
     parser.add_argument("--lr_decay_steps", type=int, default=0,
                         help="train.py --lr_decay_steps: steps of a linear fall of the learning rate to 0 "
                              "(0: constant; counted from the run's first step)")
+    parser.add_argument("--sde", default="echo", choices=("echo", "predictive"),
+                        help="echo: the shipped model's training; predictive: the same network and data trained "
+                             "as a plain predictive model (the twin that asks whether the diffusion pays; starts "
+                             "from random weights: give --init_ckpt none)")
     parser.add_argument("--precision", default="auto",
                         help="train.py --precision; auto: bf16-mixed where the hardware multiplies bf16, else 32-true")
     parser.add_argument("--sources_only", action="store_true", help="stage the sources and stop")
@@ -97,6 +101,12 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.init_ckpt == "none":
         args.init_ckpt = None
+    if args.sde != "echo" and args.init_ckpt is not None:
+        # train.py takes the network settings, the SDE included, from --init_weights: the twin
+        # would silently go on training ECHO
+        print(f"error: --sde {args.sde} trains a new network: give --init_ckpt none (not {args.init_ckpt})",
+              file=sys.stderr)
+        return 2
     try:
         parse_max_time(args.max_time)
     except ValueError as err:
@@ -116,7 +126,7 @@ def main(argv=None):
                   "--snr_range", *map(str, SNR_RANGE), "--gain_range", *map(str, cpu_small.GAIN_RANGE),
                   "--reverb_prob", str(args.reverb_prob)]
     try:
-        schedule = ["--lr", str(args.lr), "--lr_decay_steps", str(args.lr_decay_steps)]
+        schedule = ["--lr", str(args.lr), "--lr_decay_steps", str(args.lr_decay_steps), "--sde", args.sde]
         return cpu_small.train(args, data_flags, MODEL_FLAGS + schedule, ["--precision", precision])
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
