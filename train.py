@@ -218,7 +218,10 @@ def _main(argv=None):
     if args.ckpt:
         prepare_resume(args.ckpt, model_kwargs)
     start = take_initial_weights(args.init_weights, model_kwargs, args.ckpt) if args.init_weights else None
-    model = ScoreModel(**model_kwargs)
+    try:
+        model = ScoreModel(**model_kwargs)
+    except ValueError as err:  # inconsistent model flags (e.g. --lr_min above --lr)
+        parser.error(str(err))
     if start is not None:
         model.load_state_dict(start["state_dict"])
     try:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.stats import fmt_ci, mean_ci95  # noqa: E402
+from calc_metrics import RESULTS_CSV  # noqa: E402
+from experiments.stats import fmt_ci, mean_ci95, paired_gain  # noqa: E402
 
-RESULTS_CSV = "_results.csv"
 DEFAULT_METRICS = ("pesq", "estoi", "si_sdr", "csig", "cbak", "covl", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl")
 
 
@@ -62,7 +62,7 @@ def compare(a: dict, b: dict, metrics):
             continue
         noisy = mean_ci95([p[2] for p in pairs])[0]
         rows.append((metric, noisy, mean_ci95([p[0] for p in pairs])[0], mean_ci95([p[1] for p in pairs])[0],
-                     mean_ci95([p[1] - p[0] for p in pairs])))
+                     paired_gain([p[1] for p in pairs], [p[0] for p in pairs])))
     return rows, left_out
 
 

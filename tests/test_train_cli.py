@@ -146,3 +146,11 @@ def test_lr_decay_refuses_a_floor_above_the_rate():
     from echo.model import ScoreModel
     with pytest.raises(ValueError, match="lr_min"):
         ScoreModel(lr=1e-4, lr_decay_steps=10, lr_min=1e-3)
+
+
+def test_a_floor_above_the_rate_is_one_line_from_train_py(synth_dataset, tmp_path):
+    out = subprocess.run([sys.executable, "train.py", "--base_dir", str(synth_dataset), "--log_dir", str(tmp_path),
+                          "--lr", "1e-4", "--lr_decay_steps", "10", "--lr_min", "1e-3", *TINY_ARGS],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2 and "lr_min" in out.stderr and "Traceback" not in out.stderr
+    assert not list(tmp_path.iterdir())  # stopped before any log or checkpoint

@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 
 from benchlib.common import REPO
-from benchlib.speed import SHIPPED_SIZE
+from echo.recipes.cpu_mix import LR, MODEL_FLAGS
 
 TRAIN_SCRIPT = REPO / "train.py"
 STEPS, QUICK_STEPS = 300, 40
-BATCH, FRAMES, LR = 4, 64, 5e-4  # the shipped model's recipe (echo.recipes.cpu_mix)
+# the shipped model's network, crops, batch and learning rate, as its recipe trains it
+TRAIN_FLAGS = [*MODEL_FLAGS, "--lr", str(LR)]
+BATCH = int(MODEL_FLAGS[MODEL_FLAGS.index("--batch_size") + 1])
 TRAIN_FILES = 80  # 2 s each: 20 steps an epoch at batch 4
 # (name, train.py --precision, seed): the pair compared, then the float32 seed spread
 RUNS = (("fp32", "32-true", 0), ("bf16", "bf16-mixed", 0), ("fp32_seed1", "32-true", 1))
@@ -23,13 +25,6 @@ PARITY_BOUND = 0.05  # |bf16 - fp32| / fp32 of the validation loss: "within a fe
 PARITY_KEYS = ("parity_steps", "parity_valid_loss_fp32", "parity_valid_loss_bf16", "parity_valid_loss_fp32_seed1",
                "bf16_valid_loss_rel_diff", "seed_valid_loss_rel_diff", "parity_s_per_step_fp32",
                "parity_s_per_step_bf16")
-
-
-def size_flags():
-    flags = ["--nf", str(SHIPPED_SIZE["nf"]), "--ch_mult", *map(str, SHIPPED_SIZE["ch_mult"]),
-             "--num_res_blocks", str(SHIPPED_SIZE["num_res_blocks"]), "--attn_resolutions",
-             *map(str, SHIPPED_SIZE["attn_resolutions"])]
-    return flags + ["--batch_size", str(BATCH), "--num_frames", str(FRAMES), "--lr", str(LR)]
 
 
 def last_valid_loss(log_dir: Path) -> float:
@@ -46,7 +41,7 @@ def train_run(data: Path, log_dir: Path, precision: str, seed: int, steps: int, 
     """(validation loss after ``steps`` steps, wall seconds a step including start-up)."""
     epochs = steps // (TRAIN_FILES // BATCH)
     command = [sys.executable, str(TRAIN_SCRIPT), "--base_dir", str(data), "--log_dir", str(log_dir),
-               *size_flags(), "--precision", precision, "--seed", str(seed), "--max_steps", str(steps),
+               *TRAIN_FLAGS, "--precision", precision, "--seed", str(seed), "--max_steps", str(steps),
                "--check_val_every_n_epoch", str(epochs), "--num_eval_files", "0", "--num_workers", "0",
                "--logger", "csv", "--accelerator", device.type, "--devices", "1"]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -80,7 +75,7 @@ def bench_bf16_parity(device, quick, threads):
                 seed_valid_loss_rel_diff=round((losses["fp32_seed1"] - fp32) / fp32, 4),
                 parity_s_per_step_fp32=round(per_step["fp32"], 3), parity_s_per_step_bf16=round(per_step["bf16"], 3),
                 details={"bf16parity": {"runs": [list(r) for r in RUNS], "train_files": TRAIN_FILES,
-                                        "batch": BATCH, "frames": FRAMES, "lr": LR, "threads": threads,
+                                        "train_flags": TRAIN_FLAGS, "threads": threads,
                                         "note": "each run's valid_loss is computed in its own precision; "
                                                 "s/step includes start-up and the one validation"}},
                 notes={})
