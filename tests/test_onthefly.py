@@ -13,8 +13,9 @@ import torch
 import train
 from conftest import REPO, TINY_ARGS
 from echo.data.corpus import AudioCorpus
-from echo.data.mix import measure_snr_db
-from echo.data.onthefly import MixtureConfig, draw_mixture, held_apart, mixture_rng, speaker_group
+from echo.data.mix import active_speech_power, measure_snr_db
+from echo.data.onthefly import (MixtureConfig, draw_mixture, excerpt, held_apart, mixture_rng, speaker_group,
+                                speech_excerpt)
 from echo.data.rooms import EARLY_MS, RirBank, align_to_direct_path, early_part
 from echo.data.synth import colored_noise, speech_like
 from echo.data_module import EpochSampler, SpecsDataModule
@@ -164,11 +165,51 @@ def test_reverberant_mixture_hears_the_whole_room_and_the_target_only_its_early_
     # the mixture = the target plus the target again, 100 ms later at 0.6 (the echo is late)
     np.testing.assert_allclose(noisy[delay:], clean[delay:] + 0.6 * clean[:-delay], atol=1e-5)
     assert np.abs(noisy - clean).max() > 0.01
+    # the excerpt starts in the middle of the recording: its first 100 ms already hear the echo of
+    # the speech before it, as a microphone in that room would (not a room switched on at the cut)
+    assert np.abs(noisy[:delay] - clean[:delay]).max() > 0.01
     # an echo within 50 ms belongs to the target: then target and mixture coincide
     rir_early = np.zeros(int(0.3 * SR), dtype=np.float32)
     rir_early[0], rir_early[int(0.03 * SR)] = 1.0, 0.6
     clean, noisy, _ = draw_mixture(mixture_rng(0, 0), speech, noise, config, RirBank([rir_early], SR))
     np.testing.assert_allclose(noisy, clean, atol=1e-6)
+
+
+def test_snr_is_set_against_the_target_not_the_reverberant_speech(tmp_path):
+    folder = tmp_path / "speech"
+    folder.mkdir()
+    sf.write(folder / "a_0.wav", 0.3 * speech_like(np.random.default_rng(1), 3 * SR, SR), SR)
+    noise_folder = tmp_path / "noise"
+    noise_folder.mkdir()
+    sf.write(noise_folder / "n.wav", 0.1 * colored_noise(np.random.default_rng(2), 3 * SR, SR, 0.0), SR)
+    rir = np.zeros(int(0.3 * SR), dtype=np.float32)
+    rir[0], rir[int(0.1 * SR)] = 1.0, 0.8  # a strong late echo: the reverberant speech is louder than the target
+    bank = RirBank([rir], SR)
+    speech = AudioCorpus(folder, SR, tmp_path / "cache")
+    noise = AudioCorpus(noise_folder, SR, tmp_path / "cache")
+
+    def draw(snr_db):  # the same draws but for the SNR (a range of one value still draws once)
+        config = MixtureConfig(segment=SR, snr_range=(snr_db, snr_db), gain_range=(0.0, 0.0), reverb_prob=1.0)
+        return draw_mixture(mixture_rng(0, 5), speech, noise, config, bank)
+
+    _, speech_alone, _ = draw(300.0)
+    clean, noisy, info = draw(3.0)
+    assert info["gain_db"] == 0.0 and "speech_room" in info  # no level change, no clipping guard
+    noise_part = noisy.astype(np.float64) - speech_alone
+    snr = 10 * np.log10(active_speech_power(clean, SR) / np.mean(noise_part ** 2))
+    assert snr == pytest.approx(3.0, abs=0.01)
+    # a check that the echo matters: against the reverberant speech the SNR would read higher
+    assert 10 * np.log10(active_speech_power(speech_alone, SR) / np.mean(noise_part ** 2)) > 3.5
+
+
+def test_speech_excerpt_is_the_louder_of_two_draws():
+    audio = np.zeros(4 * SR, dtype=np.float32)
+    audio[:SR] = 0.3 * speech_like(np.random.default_rng(3), SR, SR)  # one second of speech, three of pause
+    for seed in range(10):
+        chosen = speech_excerpt(np.random.default_rng(seed), audio, SR // 2)
+        rng = np.random.default_rng(seed)
+        energies = [np.mean(excerpt(rng, audio, SR // 2) ** 2) for _ in range(2)]
+        assert np.mean(chosen ** 2) == max(energies)
 
 
 def test_simulated_rooms_ring_as_long_as_asked(tmp_path):

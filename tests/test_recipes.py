@@ -128,6 +128,8 @@ def test_cpu_mix_trains_on_the_fly_from_all_speech_and_says_its_precision(tmp_pa
     # the cool-down reaches train.py, at the shipped model's learning rate; each flag given once
     assert command[command.index("--lr_decay_steps") + 1] == "3000" and command.count("--lr") == 1
     assert float(command[command.index("--lr") + 1]) == cpu_mix.LR
+    # the shipped model's crops unless asked otherwise
+    assert command[command.index("--num_frames") + 1] == "64" and command[command.index("--batch_size") + 1] == "4"
     speech = out / "sources" / "speech"
     assert command[command.index("--speech_dir") + 1] == str(speech)
     assert command[command.index("--init_weights") + 1] == str(shipped)
@@ -159,3 +161,19 @@ def test_cpu_mix_trains_the_predictive_twin_from_random_weights_only(tmp_path, m
                          "--init_ckpt", "none"]) == 0
     command = calls[0]
     assert command[command.index("--sde") + 1] == "predictive" and "--init_weights" not in command
+
+
+def test_cpu_mix_trades_crop_length_against_batch_size(tmp_path, monkeypatch):
+    from echo.recipes import cpu_mix
+    shared_data("speech")
+    calls = []
+    monkeypatch.setattr(cpu_small.subprocess, "call", lambda command, env: calls.append(command) or 0)
+    monkeypatch.setattr(cpu_mix, "training_precision", lambda: ("32-true", "no bf16 units here"))
+    shipped = _checkpoint(tmp_path / "shipped.ckpt", 100.0, optimizer=False)
+    assert cpu_mix.main(["--out_dir", str(tmp_path / "run"), "--data_root", str(SHARED_DATA), "--init_ckpt",
+                         str(shipped), "--num_frames", "128", "--batch_size", "2"]) == 0
+    command = calls[0]
+    # each given once, so that no earlier value can silently win
+    assert command.count("--num_frames") == 1 and command[command.index("--num_frames") + 1] == "128"
+    assert command.count("--batch_size") == 1 and command[command.index("--batch_size") + 1] == "2"
+    assert command[command.index("--nf") + 1] == "32"

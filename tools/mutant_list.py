@@ -16,6 +16,7 @@ ENHANCEMENT = ("tests/test_enhance.py", "tests/test_enhancement_cli.py", "tests/
                "tests/test_hostile_inputs.py", "-k", "enhance")
 METRICS = ("tests/test_metrics.py", "tests/test_calc_metrics.py")
 RESUME = ("tests/test_resume.py", "-k", "resume_at_an_epoch_end or randomness")
+ONTHEFLY = ("tests/test_onthefly.py", "-k", "not resumed and not command_line and not simulated_rooms")
 
 MUTANTS = [
     # ---------------------------------------------------------------- samplers
@@ -119,6 +120,28 @@ MUTANTS = [
     Mutant("lr-decay-per-epoch", "echo/model.py",
            '"interval": "step"}}', '"interval": "epoch"}}', ("tests/test_train_cli.py", "-k", "lr_decay"),
            "the learning rate falls once an epoch instead of once a step"),
+    # ---------------------------------------------------------------- mixtures drawn on the fly
+    Mutant("snr-against-the-reverberant-speech", "echo/data/onthefly.py",
+           "noise_gain_for_snr(target, interference,", "noise_gain_for_snr(dry, interference,", ONTHEFLY,
+           "in a room the noise is set against the louder reverberant speech: every SNR reads too high"),
+    Mutant("room-switched-on-at-the-cut", "echo/data/onthefly.py",
+           "    signal = tail_source(length + extra)\n"
+           "    reverberant = fftconvolve(signal, rir)[extra:extra + length]\n"
+           "    target = fftconvolve(signal, early)[extra:extra + length]",
+           "    signal = tail_source(length)\n"
+           "    reverberant = fftconvolve(signal, rir)[:length]\n"
+           "    target = fftconvolve(signal, early)[:length]", ONTHEFLY,
+           "every excerpt starts with a silent room: no tail of the speech before it"),
+    Mutant("speech-excerpt-the-quieter", "echo/data/onthefly.py",
+           "return first if np.mean(first ** 2) >= np.mean(second ** 2) else second",
+           "return first if np.mean(first ** 2) < np.mean(second ** 2) else second", ONTHEFLY,
+           "the excerpt kept is the one with more pause"),
+    Mutant("early-part-counted-from-the-start", "echo/data/rooms.py",
+           "early[peak + int(round(early_ms * sr / 1000)):] = 0.0", "early[int(round(early_ms * sr / 1000)):] = 0.0",
+           ONTHEFLY, "the 50 ms of early reflections are counted from the response's first sample, not the direct path"),
+    Mutant("gain-on-the-mixture-only", "echo/data/onthefly.py",
+           "target, noisy = target * level, noisy * level", "target, noisy = target, noisy * level", ONTHEFLY,
+           "the random level changes the mixture but not its target"),
     # ---------------------------------------------------------------- enhancement
     Mutant("atten-lim-gain-swapped", "echo/enhance.py",
            "return ((1.0 - floor) * enhanced + floor * noisy)", "return (floor * enhanced + (1.0 - floor) * noisy)",

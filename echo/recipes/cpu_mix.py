@@ -31,8 +31,16 @@ SPEECH_FOLDER = "speech"
 SNR_RANGE = (-5.0, 20.0)
 REVERB_PROB = 0.3
 # the shipped model's network, crops and optimiser (the settings measured for it; see its model card)
-MODEL_FLAGS = ["--nf", "32", "--ch_mult", "1", "2", "2", "2", "2", "--num_res_blocks", "2", "--attn_resolutions",
-               "--num_frames", "64", "--batch_size", "4", "--ema_decay", "0.999"]
+NETWORK_FLAGS = ["--nf", "32", "--ch_mult", "1", "2", "2", "2", "2", "--num_res_blocks", "2", "--attn_resolutions",
+                 "--ema_decay", "0.999"]
+NUM_FRAMES, BATCH_SIZE = 64, 4
+
+
+def crop_flags(num_frames=NUM_FRAMES, batch_size=BATCH_SIZE):
+    return ["--num_frames", str(num_frames), "--batch_size", str(batch_size)]
+
+
+MODEL_FLAGS = NETWORK_FLAGS + crop_flags()
 LR = 5e-4
 DEFAULT_INIT = Path(__file__).resolve().parents[2] / "pretrained" / "echo_cpu_small.ckpt"
 
@@ -87,6 +95,10 @@ def build_parser():
     parser.add_argument("--lr_decay_steps", type=int, default=0,
                         help="train.py --lr_decay_steps: steps of a linear fall of the learning rate to 0 "
                              "(0: constant; counted from the run's first step)")
+    parser.add_argument("--num_frames", type=int, default=NUM_FRAMES,
+                        help="frames per training crop (train.py --num_frames; 64 frames = 0.51 s); a step costs "
+                             "about num_frames x batch_size, so trade one against the other at a fixed budget")
+    parser.add_argument("--batch_size", type=int, default=BATCH_SIZE, help="crops per optimizer step (train.py --batch_size)")
     parser.add_argument("--sde", default="echo", choices=("echo", "predictive"),
                         help="echo: the shipped model's training; predictive: the same network and data trained "
                              "as a plain predictive model (the twin that asks whether the diffusion pays; starts "
@@ -127,7 +139,8 @@ def main(argv=None):
                   "--reverb_prob", str(args.reverb_prob)]
     try:
         schedule = ["--lr", str(args.lr), "--lr_decay_steps", str(args.lr_decay_steps), "--sde", args.sde]
-        return cpu_small.train(args, data_flags, MODEL_FLAGS + schedule, ["--precision", precision])
+        model_flags = NETWORK_FLAGS + crop_flags(args.num_frames, args.batch_size) + schedule
+        return cpu_small.train(args, data_flags, model_flags, ["--precision", precision])
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
