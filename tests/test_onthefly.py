@@ -145,18 +145,21 @@ def test_target_is_the_direct_path_and_the_first_50_ms_of_reflections():
     assert early[guard + int(0.049 * SR)] == pytest.approx(0.4) and early[guard + int(0.051 * SR)] == 0.0
 
 
+def one_speaker_one_noise(tmp_path):
+    """(speech, noise) corpora of one 3-s file each."""
+    for kind, audio in (("speech", 0.3 * speech_like(np.random.default_rng(1), 3 * SR, SR)),
+                        ("noise", 0.1 * colored_noise(np.random.default_rng(2), 3 * SR, SR, 0.0))):
+        (tmp_path / kind).mkdir()
+        sf.write(tmp_path / kind / f"{kind[0]}_0.wav", audio, SR)
+    return (AudioCorpus(tmp_path / "speech", SR, tmp_path / "cache"),
+            AudioCorpus(tmp_path / "noise", SR, tmp_path / "cache"))
+
+
 def test_reverberant_mixture_hears_the_whole_room_and_the_target_only_its_early_part(tmp_path):
-    folder = tmp_path / "speech"
-    folder.mkdir()
-    sf.write(folder / "a_0.wav", 0.3 * speech_like(np.random.default_rng(1), 3 * SR, SR), SR)
-    noise_folder = tmp_path / "noise"
-    noise_folder.mkdir()
-    sf.write(noise_folder / "n.wav", 0.1 * colored_noise(np.random.default_rng(2), 3 * SR, SR, 0.0), SR)
+    speech, noise = one_speaker_one_noise(tmp_path)
     rir = np.zeros(int(0.3 * SR), dtype=np.float32)
     rir[0], rir[int(0.1 * SR)] = 1.0, 0.6   # direct path, and one late echo 100 ms after it
     bank = RirBank([rir], SR)
-    speech = AudioCorpus(folder, SR, tmp_path / "cache")
-    noise = AudioCorpus(noise_folder, SR, tmp_path / "cache")
     # noise 200 dB down: the mixture is the reverberant speech alone
     config = MixtureConfig(segment=SR, snr_range=(200.0, 200.0), gain_range=(0.0, 0.0), reverb_prob=1.0)
     clean, noisy, info = draw_mixture(mixture_rng(0, 0), speech, noise, config, bank)
@@ -176,17 +179,10 @@ def test_reverberant_mixture_hears_the_whole_room_and_the_target_only_its_early_
 
 
 def test_snr_is_set_against_the_target_not_the_reverberant_speech(tmp_path):
-    folder = tmp_path / "speech"
-    folder.mkdir()
-    sf.write(folder / "a_0.wav", 0.3 * speech_like(np.random.default_rng(1), 3 * SR, SR), SR)
-    noise_folder = tmp_path / "noise"
-    noise_folder.mkdir()
-    sf.write(noise_folder / "n.wav", 0.1 * colored_noise(np.random.default_rng(2), 3 * SR, SR, 0.0), SR)
+    speech, noise = one_speaker_one_noise(tmp_path)
     rir = np.zeros(int(0.3 * SR), dtype=np.float32)
     rir[0], rir[int(0.1 * SR)] = 1.0, 0.8  # a strong late echo: the reverberant speech is louder than the target
     bank = RirBank([rir], SR)
-    speech = AudioCorpus(folder, SR, tmp_path / "cache")
-    noise = AudioCorpus(noise_folder, SR, tmp_path / "cache")
 
     def draw(snr_db):  # the same draws but for the SNR (a range of one value still draws once)
         config = MixtureConfig(segment=SR, snr_range=(snr_db, snr_db), gain_range=(0.0, 0.0), reverb_prob=1.0)
