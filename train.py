@@ -222,6 +222,10 @@ def _main(argv=None):
         model = ScoreModel(**model_kwargs)
     except ValueError as err:  # inconsistent model flags (e.g. --lr_min above --lr)
         parser.error(str(err))
+    if args.num_frames % model.frames_multiple:
+        # the U-Net halves the time axis once per level: the crop must survive every halving
+        parser.error(f"--num_frames {args.num_frames}: must be a multiple of {model.frames_multiple} for this "
+                     "network (its levels halve the time axis)")
     if start is not None:
         model.load_state_dict(start["state_dict"])
     try:

@@ -265,6 +265,10 @@ class SpecsDataModule(pl.LightningDataModule):
                  segment_seconds=4.0, examples_per_epoch=2000, n_valid_mixtures=24, valid_fraction=0.1,
                  cache_dir=None, **ignored):
         super().__init__()
+        for flag, value, least in (("--num_frames", num_frames, 1), ("--batch_size", batch_size, 1),
+                                   ("--num_workers", num_workers, 0)):
+            if value < least:
+                raise ValueError(f"{flag} {value}: must be at least {least}")
         if base_dir is None and not (speech_dir and noise_dir):
             raise AudioError("no training data: give --base_dir (paired clean/noisy folders) or --speech_dir and "
                              "--noise_dir (mixtures drawn on the fly)")

@@ -154,3 +154,16 @@ def test_a_floor_above_the_rate_is_one_line_from_train_py(synth_dataset, tmp_pat
                          cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 2 and "lr_min" in out.stderr and "Traceback" not in out.stderr
     assert not list(tmp_path.iterdir())  # stopped before any log or checkpoint
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--num_frames", "0"], "--num_frames 0: must be at least 1"),
+    (["--num_frames", "12"], "--num_frames 12: must be a multiple of 8"),  # the tiny network has 4 levels
+    (["--batch_size", "0"], "--batch_size 0: must be at least 1"),
+])
+def test_crops_the_network_cannot_take_are_one_line_from_train_py(flags, expected, synth_dataset, tmp_path):
+    out = subprocess.run([sys.executable, "train.py", "--base_dir", str(synth_dataset), "--log_dir", str(tmp_path),
+                          "--num_workers", "0", *TINY_ARGS, *flags], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(f"train.py: error: {expected}")
+    assert not list(tmp_path.iterdir())
