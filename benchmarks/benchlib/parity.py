@@ -11,13 +11,12 @@ import time
 from pathlib import Path
 
 from benchlib.common import REPO
-from echo.recipes.cpu_mix import LR, MODEL_FLAGS
+from echo.recipes.cpu_mix import BATCH_SIZE as BATCH, LR, MODEL_FLAGS
 
 TRAIN_SCRIPT = REPO / "train.py"
 STEPS, QUICK_STEPS = 300, 40
 # the shipped model's network, crops, batch and learning rate, as its recipe trains it
 TRAIN_FLAGS = [*MODEL_FLAGS, "--lr", str(LR)]
-BATCH = int(MODEL_FLAGS[MODEL_FLAGS.index("--batch_size") + 1])
 TRAIN_FILES = 80  # 2 s each: 20 steps an epoch at batch 4
 # (name, train.py --precision, seed): the pair compared, then the float32 seed spread
 RUNS = (("fp32", "32-true", 0), ("bf16", "bf16-mixed", 0), ("fp32_seed1", "32-true", 1))
