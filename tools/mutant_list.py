@@ -16,6 +16,7 @@ ENHANCEMENT = ("tests/test_enhance.py", "tests/test_enhancement_cli.py", "tests/
                "tests/test_hostile_inputs.py", "-k", "enhance")
 METRICS = ("tests/test_metrics.py", "tests/test_calc_metrics.py")
 RESUME = ("tests/test_resume.py", "-k", "resume_at_an_epoch_end or randomness")
+HIGH_BAND = ("tests/test_high_band.py",)
 ONTHEFLY = ("tests/test_onthefly.py", "-k", "not resumed and not command_line and not simulated_rooms")
 
 MUTANTS = [
@@ -173,6 +174,20 @@ MUTANTS = [
            "spec = spec.abs() ** (1 / c.spec_abs_exponent)", "spec = spec.abs() ** c.spec_abs_exponent",
            ("tests/test_data_module.py", "tests/test_sampler_oracle.py", "tests/test_enhance.py"),
            "the inverse of the amplitude compression"),
+    Mutant("padding-at-the-start", "echo/spectral.py",
+           "return torch.nn.functional.pad(spec, (0, target - frames))",
+           "return torch.nn.functional.pad(spec, (target - frames, 0))", ENHANCEMENT,
+           "the frames added for the U-Net must go after the recording, where the cut to length drops them"),
+    # ---------------------------------------------------------------- the band above the model's
+    Mutant("high-band-energy-ratio-as-gain", "echo/high_band.py",
+           "return np.sqrt(np.minimum(ratio, 1.0))", "return np.minimum(ratio, 1.0)", HIGH_BAND,
+           "an energy ratio applied as an amplitude gain: the upper band suppressed twice (in dB) as much"),
+    Mutant("high-band-gain-uncapped", "echo/high_band.py",
+           "return np.sqrt(np.minimum(ratio, 1.0))", "return np.sqrt(ratio)", HIGH_BAND,
+           "where the model boosts its top band, the band above would be amplified"),
+    Mutant("high-band-split-from-the-output", "echo/high_band.py",
+           "low = resample(noisy_model, model_sr, sr)", "low = resample(enhanced_model, model_sr, sr)", HIGH_BAND,
+           "the split must subtract what the model was given, or the model's band leaks in twice"),
     # ---------------------------------------------------------------- metrics
     Mutant("si-sdr-components-sdr-is-sar", "echo/util/core_metrics.py",
            "return (_energy_ratio_db(target, noise_part + artifacts),", "return (_energy_ratio_db(target, artifacts),",
@@ -192,6 +207,12 @@ MUTANTS = [
     Mutant("csig-wss-weight", "echo/util/composite.py",
            "csig = 3.093 - 1.029 * llr + 0.603 * pesq - 0.009 * wss",
            "csig = 3.093 - 1.029 * llr + 0.603 * pesq - 0.09 * wss", METRICS, "CSIG coefficients"),
+    Mutant("dnsmos-not-resampled", "echo/util/dnsmos.py",
+           "signal = resample(as_mono(audio, \"audio\"), sr, DNSMOS_RATE)",
+           "signal = as_mono(audio, \"audio\")", METRICS, "a 48 kHz file scored as if it were 16 kHz"),
+    Mutant("dnsmos-personalized", "echo/util/dnsmos.py",
+           "(signal.astype(np.float32), DNSMOS_RATE, False)", "(signal.astype(np.float32), DNSMOS_RATE, True)",
+           METRICS, "the personalized DNSMOS (which penalises interfering talkers) is not the one reported"),
     # ---------------------------------------------------------------- the suite's own guard
     Mutant("state-check-silenced", "tests/process_state.py",
            "    if changes:\n        expected.restore(now)", "    if False:\n        expected.restore(now)",
