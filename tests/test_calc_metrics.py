@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 
 import calc_metrics
+from echo.util import metrics
 from echo.util.metrics import PAIR_METRICS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,6 +149,13 @@ def test_dnsmos_without_clean_references(folders):
                             "enhanced_dnsmos_sig", "enhanced_dnsmos_bak", "enhanced_dnsmos_ovrl",
                             "notes", "error"}
     assert all(1 <= float(row["enhanced_dnsmos_ovrl"]) <= 5 for row in rows)
+    # each column is the score of its own file (the noisy one is the only baseline here)
+    for kind in ("noisy", "enhanced"):
+        audio, sr = sf.read(folders / kind / "a.wav")
+        expected = metrics.dnsmos_p835(audio, sr)
+        for key, value in expected.items():
+            assert float(rows[0][f"{kind}_{key}"]) == pytest.approx(value, abs=1e-5), (kind, key)
+    assert rows[0]["noisy_dnsmos_bak"] != rows[0]["enhanced_dnsmos_bak"]
 
 
 @needs_shared_data

@@ -82,8 +82,14 @@ def test_file_span_divides_crops_by_the_peak_of_the_whole_file(tmp_path):
     for span in ("file", "crop"):
         dm = SpecsDataModule(base_dir=tmp_path, batch_size=1, num_workers=0, num_frames=64, normalize_span=span)
         dm.setup("fit")
-        _, spec = dm.datasets["valid"][0]
-        levels[span] = dm.spectrogram.to_wav(spec[0], dm.spectrogram.samples_for_frames(64)).abs().max().item()
+        clean_spec, spec = dm.datasets["valid"][0]
+        length = dm.spectrogram.samples_for_frames(64)
+        noisy_wav = dm.spectrogram.to_wav(spec[0], length)
+        levels[span] = noisy_wav.abs().max().item()
+        # the target is divided by the same factor as the mixture: clean = 0.5 x noisy stays so
+        # (to the 16-bit step of the files, 3e-5, times the gain of the normalisation, 10 for a crop)
+        clean_wav = dm.spectrogram.to_wav(clean_spec[0], length)
+        assert torch.allclose(clean_wav, 0.5 * noisy_wav, atol=1e-3), span
     assert levels["crop"] == pytest.approx(1.0, abs=0.02)
     assert levels["file"] == pytest.approx(0.1 / 0.8, abs=0.01)
     with pytest.raises(ValueError, match="normalize_span"):

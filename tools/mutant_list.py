@@ -16,6 +16,7 @@ ENHANCEMENT = ("tests/test_enhance.py", "tests/test_enhancement_cli.py", "tests/
                "tests/test_hostile_inputs.py", "-k", "enhance")
 METRICS = ("tests/test_metrics.py", "tests/test_calc_metrics.py")
 RESUME = ("tests/test_resume.py", "-k", "resume_at_an_epoch_end or randomness")
+DATA = ("tests/test_data_module.py", "tests/test_onthefly.py", "-k", "not resumed and not command_line")
 HIGH_BAND = ("tests/test_high_band.py",)
 ONTHEFLY = ("tests/test_onthefly.py", "-k", "not resumed and not command_line and not simulated_rooms")
 
@@ -143,6 +144,15 @@ MUTANTS = [
     Mutant("gain-on-the-mixture-only", "echo/data/onthefly.py",
            "target, noisy = target * level, noisy * level", "target, noisy = target, noisy * level", ONTHEFLY,
            "the random level changes the mixture but not its target"),
+    Mutant("noisy-crop-centred-clean-crop-random", "echo/data_module.py",
+           "return clean[start:start + target_len], noisy[start:start + target_len]",
+           "middle = (length - target_len) // 2\n"
+           "        return clean[start:start + target_len], noisy[middle:middle + target_len]",
+           DATA, "a training pair whose clean and noisy crops are different windows of the recording"),
+    Mutant("clean-normalised-by-its-own-peak", "echo/data_module.py",
+           "clean_spec = self.spectrogram.to_spec(clean / factor)[None]",
+           "clean_spec = self.spectrogram.to_spec(clean / max(float(clean.abs().max()), 1e-8))[None]", DATA,
+           "the target at another level than the mixture: the model would have to guess a gain"),
     # ---------------------------------------------------------------- enhancement
     Mutant("atten-lim-gain-swapped", "echo/enhance.py",
            "return ((1.0 - floor) * enhanced + floor * noisy)", "return (floor * enhanced + (1.0 - floor) * noisy)",
@@ -174,6 +184,10 @@ MUTANTS = [
            "spec = spec.abs() ** (1 / c.spec_abs_exponent)", "spec = spec.abs() ** c.spec_abs_exponent",
            ("tests/test_data_module.py", "tests/test_sampler_oracle.py", "tests/test_enhance.py"),
            "the inverse of the amplitude compression"),
+    Mutant("padding-frames-through-the-istft", "echo/enhance.py",
+           "model.spectrogram.to_wav(estimate[:, 0, :, :frames], length=padded_len)",
+           "model.spectrogram.to_wav(estimate[:, 0], length=padded_len)", ENHANCEMENT,
+           "the U-Net's padding frames inside the iSTFT's window normalisation fade every file's last 16 ms"),
     Mutant("padding-at-the-start", "echo/spectral.py",
            "return torch.nn.functional.pad(spec, (0, target - frames))",
            "return torch.nn.functional.pad(spec, (target - frames, 0))", ENHANCEMENT,
@@ -213,6 +227,13 @@ MUTANTS = [
     Mutant("dnsmos-personalized", "echo/util/dnsmos.py",
            "(signal.astype(np.float32), DNSMOS_RATE, False)", "(signal.astype(np.float32), DNSMOS_RATE, True)",
            METRICS, "the personalized DNSMOS (which penalises interfering talkers) is not the one reported"),
+    Mutant("noisy-column-scores-the-enhanced-file", "calc_metrics.py",
+           "scores[\"noisy\"].update(score_pair(clean, noisy, noisy, sr, notes=notes))",
+           "scores[\"noisy\"].update(score_pair(clean, noisy, enhanced, sr, notes=notes))", METRICS,
+           "the baseline every gain is measured from"),
+    Mutant("noisy-dnsmos-of-the-enhanced-file", "calc_metrics.py",
+           "scores[\"noisy\"].update(dnsmos_p835(noisy, sr,", "scores[\"noisy\"].update(dnsmos_p835(enhanced, sr,",
+           METRICS, "DNSMOS of the input, the only baseline on recordings without a reference"),
     # ---------------------------------------------------------------- the suite's own guard
     Mutant("state-check-silenced", "tests/process_state.py",
            "    if changes:\n        expected.restore(now)", "    if False:\n        expected.restore(now)",
