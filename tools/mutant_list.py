@@ -16,7 +16,7 @@ ENHANCEMENT = ("tests/test_enhance.py", "tests/test_enhancement_cli.py", "tests/
                "tests/test_hostile_inputs.py", "-k", "enhance")
 METRICS = ("tests/test_metrics.py", "tests/test_calc_metrics.py")
 RESUME = ("tests/test_resume.py", "-k", "resume_at_an_epoch_end or randomness")
-DATA = ("tests/test_data_module.py", "tests/test_onthefly.py", "-k", "not resumed and not command_line")
+DATA = ("tests/test_data_module.py",)
 HIGH_BAND = ("tests/test_high_band.py",)
 ONTHEFLY = ("tests/test_onthefly.py", "-k", "not resumed and not command_line and not simulated_rooms")
 

@@ -31,7 +31,7 @@ SPEECH_FOLDER = "speech"
 SNR_RANGE = (-5.0, 20.0)
 REVERB_PROB = 0.3
 # the shipped model's network and optimiser, and the crops of its stages 1-4 (the settings measured for
-# it, and those of the bf16 parity bench; its stage 5 gave --num_frames 128 --batch_size 2: see its model card)
+# it, and those of the bf16 parity bench; its later stages gave --num_frames/--batch_size: see its model card)
 NETWORK_FLAGS = ["--nf", "32", "--ch_mult", "1", "2", "2", "2", "2", "--num_res_blocks", "2", "--attn_resolutions",
                  "--ema_decay", "0.999"]
 NUM_FRAMES, BATCH_SIZE = 64, 4
