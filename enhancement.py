@@ -52,7 +52,7 @@ from echo.util.precision import ALIASES, PRECISIONS, PrecisionError, resolve_pre
 from echo.util.seeding import derive_seed
 
 RUN_INFO_JSON = "run_info.json"
-SAMPLER_FLAGS = ("N", "predictor", "corrector", "corrector_steps", "snr", "t_eps", "t_start")
+SAMPLER_FLAGS = ("N", "predictor", "corrector", "corrector_steps", "snr", "t_eps", "t_start", "draws")
 
 
 class SetupError(Exception):
@@ -96,6 +96,10 @@ def build_parser():
                          help="warm start (ECHO, --predictor ddim or ddpm): the one-step estimate is re-noised to "
                               "this time and the N steps run from there, N + 1 network evaluations in all "
                               "(default: none, the steps start from the prior at t = 1)")
+    sampler.add_argument("--draws", type=int, default=None,
+                         help="run the sampler this many times from independent prior draws and write the mean "
+                              "of the estimates (an estimate of the posterior mean; draws x the network "
+                              "evaluations and the time) (default: the checkpoint's, 1)")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                      help="where the network runs; auto (default): CUDA, else Apple MPS, else CPU")

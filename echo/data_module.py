@@ -263,7 +263,7 @@ class SpecsDataModule(pl.LightningDataModule):
                  normalize_span="file", speech_dir=None, noise_dir=None, snr_range=(-5.0, 20.0),
                  gain_range=(-20.0, 5.0), reverb_prob=0.0, rir_dir=None, n_rooms=200, early_ms=50.0,
                  segment_seconds=4.0, examples_per_epoch=2000, n_valid_mixtures=24, valid_fraction=0.1,
-                 cache_dir=None, **ignored):
+                 cache_dir=None, mix_seed=None, **ignored):
         super().__init__()
         for flag, value, least in (("--num_frames", num_frames, 1), ("--batch_size", batch_size, 1),
                                    ("--num_workers", num_workers, 0)):
@@ -281,7 +281,8 @@ class SpecsDataModule(pl.LightningDataModule):
                                gain_range=tuple(gain_range), reverb_prob=reverb_prob, rir_dir=rir_dir,
                                n_rooms=n_rooms, early_ms=early_ms, segment_seconds=segment_seconds,
                                examples_per_epoch=examples_per_epoch, n_valid_mixtures=n_valid_mixtures,
-                               valid_fraction=valid_fraction, cache_dir=cache_dir)
+                               valid_fraction=valid_fraction, cache_dir=cache_dir,
+                               mix_seed=seed if mix_seed is None else int(mix_seed))
         self.normalize_span = normalize_span
         self.base_dir = Path(base_dir) if base_dir is not None else None
         self.seed = seed
@@ -322,9 +323,10 @@ class SpecsDataModule(pl.LightningDataModule):
                                snr_range=self.mixing["snr_range"], gain_range=self.mixing["gain_range"],
                                reverb_prob=self.mixing["reverb_prob"])
         common = dict(sr=self.sr, normalize=self.normalize, seed=self.seed, normalize_span=self.normalize_span)
-        if split == "train":
+        if split == "train":  # draws and crops from the mixtures' own seed; the rest from --seed
             return MixtureDataset(train_speech, train_noise, config, self.mixing["examples_per_epoch"],
-                                  self.spectrogram, self.num_frames, rirs=rirs, **common)
+                                  self.spectrogram, self.num_frames, rirs=rirs,
+                                  **dict(common, seed=self.mixing["mix_seed"]))
         pairs = validation_mixtures(valid_speech, valid_noise, config, self.mixing["n_valid_mixtures"], self.seed, rirs)
         return FixedPairsDataset(pairs, self.spectrogram, self.num_frames, random_crop=False, **common)
 

@@ -41,7 +41,7 @@ def shipped_training(ckpt: dict) -> dict:
     return {"steps": int(ckpt.get("global_step", 0)), "seconds": round(training_seconds(ckpt), 1)}
 
 
-def export(ckpt_path, out_path, predictor: str, N: int, previous=None) -> dict:
+def export(ckpt_path, out_path, predictor: str, N: int, previous=None, draws: int = 1) -> dict:
     """Write the shipped file; ``previous``: the shipped file whose weights this run started from
     (``train.py --init_weights``), whose steps are added to this run's (the step counter restarted;
     the training clock did not, it already counts the earlier hours)."""
@@ -53,7 +53,7 @@ def export(ckpt_path, out_path, predictor: str, N: int, previous=None) -> dict:
         "format": FORMAT,
         "state_dict": ckpt["state_dict"],
         "hyper_parameters": dict(ckpt["hyper_parameters"]),
-        "sampler": {"predictor": predictor, "N": int(N)},
+        "sampler": {"predictor": predictor, "N": int(N), **({"draws": int(draws)} if draws != 1 else {})},
         "training": training,
     }
     out_path = Path(out_path)
@@ -69,6 +69,9 @@ def build_parser():
     parser.add_argument("--out", default=str(DEFAULT_MODEL), help="file to write")
     parser.add_argument("--predictor", default="ddim", help="the model's default sampler in enhancement.py")
     parser.add_argument("--N", type=int, default=1, help="the model's default number of reverse steps")
+    parser.add_argument("--draws", type=int, default=1,
+                        help="the model's default number of draws whose estimates are averaged (enhancement.py "
+                             "--draws; default 1)")
     parser.add_argument("--previous", default=None,
                         help="the shipped file this run was started from (train.py --init_weights), so its "
                              "steps are counted too (its hours already are, by the training clock)")
@@ -78,7 +81,9 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        info = export(args.ckpt, args.out, args.predictor, args.N, args.previous)
+        if args.draws < 1:
+            raise CheckpointError(f"--draws must be at least 1, got {args.draws}")
+        info = export(args.ckpt, args.out, args.predictor, args.N, args.previous, args.draws)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

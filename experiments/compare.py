@@ -68,15 +68,17 @@ def build_parser():
     systems.add_argument("--ckpt", default=None,
                          help="ECHO checkpoint (default: none, no ECHO rows); enhanced at its own sampler "
                               "and, as a second row, with one network evaluation (--N 1)")
-    systems.add_argument("--sampler", default=None, type=parse_sampler, metavar="PREDICTOR:N",
-                         help="sampler of the main ECHO row instead of the checkpoint's, e.g. ddim:3 "
-                              "(default: the checkpoint's own)")
+    systems.add_argument("--sampler", default=None, type=parse_sampler, metavar="PREDICTOR:N[xDRAWS]",
+                         help="sampler of the main ECHO row instead of the checkpoint's, e.g. ddim:3, or ddim:1x4 "
+                              "for the mean of 4 draws (enhancement.py --draws) (default: the checkpoint's own)")
     systems.add_argument("--single_step", action=argparse.BooleanOptionalAction, default=True,
                          help="add the ECHO row with --N 1 (default: on; left out when --sampler has N=1)")
-    systems.add_argument("--extra_ckpt", nargs="*", default=[], type=parse_extra, metavar="NAME=PATH[:PRED:N]",
+    systems.add_argument("--extra_ckpt", nargs="*", default=[], type=parse_extra,
+                         metavar="NAME=PATH[:PRED:N[xDRAWS]]",
                          help="more checkpoints, one row each, enhanced by enhancement.py at their own "
-                              "sampler or at PRED:N, e.g. predictive=pred.ckpt or echo20=last.ckpt:"
-                              "echo_posterior:20 (default: none)")
+                              "sampler or at PRED:N (xDRAWS: the mean of that many draws), e.g. "
+                              "predictive=pred.ckpt, echo20=last.ckpt:echo_posterior:20 or avg4=last.ckpt:ddim:1x4 "
+                              "(default: none)")
     data.add_argument("--dnsmos_dir", default="",
                       help="recordings without a clean reference that every system also enhances, scored by "
                            f"DNSMOS P.835, e.g. {DNSMOS_EXAMPLE} (needs `make install-eval`; default: none)")
@@ -103,22 +105,25 @@ def build_parser():
 
 
 def parse_sampler(text):
-    match = re.fullmatch(r"([a-z_]+):([0-9]+)", text)
-    if not match or int(match[2]) < 1:
-        raise argparse.ArgumentTypeError(f"'{text}': expected PREDICTOR:N with N >= 1, e.g. ddim:3")
-    return match[1], int(match[2])
+    """'ddim:3' -> ('ddim', 3, None); 'ddim:1x4' -> ('ddim', 1, 4): the mean of 4 draws (--draws)."""
+    match = re.fullmatch(r"([a-z_]+):([0-9]+)(?:x([0-9]+))?", text)
+    if not match or int(match[2]) < 1 or (match[3] is not None and int(match[3]) < 1):
+        raise argparse.ArgumentTypeError(f"'{text}': expected PREDICTOR:N or PREDICTOR:NxDRAWS with N, DRAWS >= 1, "
+                                         "e.g. ddim:3 or ddim:1x4")
+    return match[1], int(match[2]), None if match[3] is None else int(match[3])
 
 
 def parse_extra(text):
-    """'NAME=PATH' -> (NAME, PATH, None, None); 'NAME=PATH:ddim:3' -> (NAME, PATH, 'ddim', 3)."""
+    """'NAME=PATH' -> (NAME, PATH, None, None, None); 'NAME=PATH:ddim:3' -> (NAME, PATH, 'ddim', 3, None);
+    'NAME=PATH:ddim:1x4' -> (NAME, PATH, 'ddim', 1, 4)."""
     name, sep, rest = text.partition("=")
     if not sep or not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not rest:
         raise argparse.ArgumentTypeError(f"'{text}': expected NAME=PATH[:PREDICTOR:N], NAME of letters, "
                                          "digits, '_', '.', '-'")
-    match = re.fullmatch(r"(.+):([a-z_]+:[0-9]+)", rest)
+    match = re.fullmatch(r"(.+):([a-z_]+:[0-9]+(?:x[0-9]+)?)", rest)
     if match:
         return (name, match[1], *parse_sampler(match[2]))
-    return name, rest, None, None
+    return name, rest, None, None, None
 
 
 def check_args(args):
@@ -161,18 +166,20 @@ def check_args(args):
 
 
 def plan_systems(args):
-    """[{name, label, kind, ckpt, predictor, N}] in the order of the report's rows."""
+    """[{name, label, kind, ckpt, predictor, N, draws}] in the order of the report's rows."""
     systems = []
     if args.ckpt:
-        predictor, steps = args.sampler or (None, None)
-        label = f"ECHO, {predictor} N={steps}" if predictor else "ECHO (the checkpoint's sampler)"
-        systems.append(dict(name="echo", label=label, kind="echo", ckpt=args.ckpt, predictor=predictor, N=steps))
-        if args.single_step and steps != 1:
+        predictor, steps, draws = args.sampler or (None, None, None)
+        label = f"ECHO, {sampler_label(predictor, steps, draws)}" if predictor else "ECHO (the checkpoint's sampler)"
+        systems.append(dict(name="echo", label=label, kind="echo", ckpt=args.ckpt, predictor=predictor, N=steps,
+                            draws=draws))
+        if args.single_step and (steps != 1 or draws not in (None, 1)):
             systems.append(dict(name="echo@N1", label="ECHO, one network evaluation (--N 1)", kind="echo",
-                                ckpt=args.ckpt, predictor=None, N=1))
-    for name, path, predictor, steps in args.extra_ckpt:
-        label = f"{name} ({Path(path).name}" + (f", {predictor} N={steps})" if predictor else ")")
-        systems.append(dict(name=name, label=label, kind="echo", ckpt=path, predictor=predictor, N=steps))
+                                ckpt=args.ckpt, predictor=None, N=1, draws=None))
+    for name, path, predictor, steps, draws in args.extra_ckpt:
+        label = f"{name} ({Path(path).name}" + (f", {sampler_label(predictor, steps, draws)})" if predictor else ")")
+        systems.append(dict(name=name, label=label, kind="echo", ckpt=path, predictor=predictor, N=steps,
+                            draws=draws))
     if args.dfn3:
         systems.append(dict(name="dfn3", label=f"DeepFilterNet3 ({dfn3.PACKAGE} {dfn3.package_version()})",
                             kind="dfn3"))
@@ -207,6 +214,7 @@ def enhance_argv(args, system, noisy_dir, out_dir):
     argv = ["enhancement.py", "--test_dir", str(noisy_dir), "--enhanced_dir", str(out_dir), "--ckpt",
             str(Path(system["ckpt"]).resolve()), "--seed", str(args.seed), "--device", args.device]
     argv += ["--predictor", system["predictor"]] if system["predictor"] else []
+    argv += ["--draws", str(system["draws"])] if system.get("draws") else []
     return argv + (["--N", str(system["N"])] if system["N"] else [])
 
 
@@ -282,8 +290,15 @@ def digits(metric):
     return 2 if metric == "si_sdr" else 3
 
 
+def sampler_label(predictor, steps, draws):
+    return f"{predictor} N={steps}" + (f", mean of {draws} draws" if draws and draws > 1 else "")
+
+
 def sampler_text(sampler):
-    return f"{sampler['predictor']}, N={sampler['N']}" if sampler else "-"
+    if not sampler:
+        return "-"
+    draws = sampler.get("draws", 1)
+    return f"{sampler['predictor']}, N={sampler['N']}" + (f", mean of {draws} draws" if draws > 1 else "")
 
 
 def markdown(rows, n_files, args, command, sections=()):

@@ -28,9 +28,10 @@ def run_compare(tmp_path, *extra):
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("predictive=pred.ckpt", ("predictive", "pred.ckpt", None, None)),
-    ("e20=runs/a:b/last.ckpt:echo_posterior:20", ("e20", "runs/a:b/last.ckpt", "echo_posterior", 20)),
-    ("fast=last.ckpt:ddim:3", ("fast", "last.ckpt", "ddim", 3)),
+    ("predictive=pred.ckpt", ("predictive", "pred.ckpt", None, None, None)),
+    ("e20=runs/a:b/last.ckpt:echo_posterior:20", ("e20", "runs/a:b/last.ckpt", "echo_posterior", 20, None)),
+    ("fast=last.ckpt:ddim:3", ("fast", "last.ckpt", "ddim", 3, None)),
+    ("avg=runs/a:1/last.ckpt:ddim:1x4", ("avg", "runs/a:1/last.ckpt", "ddim", 1, 4)),
 ])
 def test_parse_extra(text, expected):
     assert compare.parse_extra(text) == expected
@@ -38,7 +39,8 @@ def test_parse_extra(text, expected):
 
 @pytest.mark.parametrize("argv, message", [
     (["--extra_ckpt", "no_equals_sign"], "expected NAME=PATH"),
-    (["--extra_ckpt", "a=x.ckpt:ddim:0"], "N >= 1"),
+    (["--extra_ckpt", "a=x.ckpt:ddim:0"], "N, DRAWS >= 1"),
+    (["--extra_ckpt", "a=x.ckpt:ddim:1x0"], "N, DRAWS >= 1"),
     (["--sampler", "ddim"], "expected PREDICTOR:N"),
     (["--name", "a/b"], "--name 'a/b'"),
     (["--sampler", "ddim:3"], "no --ckpt is given"),

@@ -141,7 +141,7 @@ def test_failed_write_leaves_no_partial_or_truncated_file(tiny_ckpt, tmp_path, m
 
 
 @pytest.mark.parametrize("problem", ["same_dir", "missing_dir", "bad_ckpt", "bad_sampler", "nan_schedule",
-                                     "bad_chunks", "bad_warm_start", "bad_atten_lim"])
+                                     "bad_chunks", "bad_warm_start", "bad_atten_lim", "bad_draws"])
 def test_setup_errors_exit_2_with_one_line(problem, tiny_ckpt, tmp_path, capsys):
     noisy = tmp_path / "noisy"
     noisy.mkdir()
@@ -165,6 +165,8 @@ def test_setup_errors_exit_2_with_one_line(problem, tiny_ckpt, tmp_path, capsys)
         extra = ["--predictor", "echo_posterior", "--t_start", "0.5"]
     elif problem == "bad_atten_lim":
         extra = ["--atten_lim_db", "-6"]
+    elif problem == "bad_draws":
+        extra = ["--draws", "0"]
     argv = [item for pair in args.items() for item in pair] + extra
     before = sorted(p.name for p in noisy.iterdir())
     assert run_cli(*FAST, *argv) == 2
@@ -196,13 +198,18 @@ def test_every_sampler_flag_takes_effect(tiny_ckpt, tmp_path):
                    "--predictor", "echo_posterior", "--device", "cpu") == 0
     info = json.loads((out / "run_info.json").read_text())
     assert info["sampler"] == {"predictor": "echo_posterior", "corrector": "langevin", "N": 1, "t_eps": 0.05,
-                               "snr": 0.3, "corrector_steps": 2}
+                               "snr": 0.3, "corrector_steps": 2, "draws": 1}
     assert info["nfe_per_sampling_pass"] == 3  # 2 corrector steps + 1 predictor step
     warm = tmp_path / "warm"
     assert run_cli("--test_dir", noisy, "--enhanced_dir", warm, "--ckpt", tiny_ckpt, "--predictor", "ddpm",
                    "--N", "2", "--t_start", "0.5", "--device", "cpu") == 0
     info = json.loads((warm / "run_info.json").read_text())
     assert info["sampler"]["t_start"] == 0.5 and info["nfe_per_sampling_pass"] == 3  # the one-step estimate + 2
+    averaged = tmp_path / "averaged"
+    assert run_cli("--test_dir", noisy, "--enhanced_dir", averaged, "--ckpt", tiny_ckpt, "--predictor", "ddim",
+                   "--N", "2", "--draws", "3", "--device", "cpu") == 0
+    info = json.loads((averaged / "run_info.json").read_text())
+    assert info["sampler"]["draws"] == 3 and info["nfe_per_sampling_pass"] == 6  # 3 draws of 2 steps
 
 
 def test_chunk_flags_set_the_chunks(tiny_ckpt, tmp_path):

@@ -67,6 +67,20 @@ def test_every_example_is_a_new_mixture_and_the_same_for_the_same_seed_epoch_and
     assert first[0].shape == (1, 256, 16) and first[0].abs().max() > 0
 
 
+def test_mix_seed_draws_new_training_mixtures_on_the_same_split_and_validation(corpora, tmp_path):
+    """--mix_seed changes the training draws only: the held-apart speakers and the validation
+    mixtures stay those of --seed; left out, it is --seed."""
+    plain, same, other = (module(corpora, tmp_path, **extra) for extra in ({}, {"mix_seed": 3}, {"mix_seed": 9}))
+    for a, b in zip(plain.datasets["train"][(0, 1)], same.datasets["train"][(0, 1)]):
+        assert torch.equal(a, b)
+    for index in range(4):
+        assert not torch.equal(plain.datasets["train"][(0, index)][1], other.datasets["train"][(0, index)][1])
+    assert plain.datasets["train"].speech.names == other.datasets["train"].speech.names
+    assert plain.datasets["train"].noise.names == other.datasets["train"].noise.names
+    for index in range(3):
+        assert torch.equal(plain.datasets["valid"].load_pair(index)[1], other.datasets["valid"].load_pair(index)[1])
+
+
 def test_ddp_ranks_draw_different_mixtures(corpora, tmp_path):
     train_set = module(corpora, tmp_path).datasets["train"]
     shares = [list(EpochSampler(train_set, num_replicas=2, rank=rank, seed=3, epoch_of=lambda: 2)) for rank in (0, 1)]

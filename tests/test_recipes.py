@@ -163,6 +163,38 @@ def test_cpu_mix_trains_the_predictive_twin_from_random_weights_only(tmp_path, m
     assert command[command.index("--sde") + 1] == "predictive" and "--init_weights" not in command
 
 
+def test_cpu_mix_continuation_draws_new_mixtures_and_a_resume_the_same(tmp_path, monkeypatch, capsys):
+    """Every stage counts its steps from 0, so with --seed alone a continuation would replay the
+    mixtures of the stage before it: the mixtures' seed is the starting model's step count, kept
+    for the run's resumes."""
+    from echo.recipes import cpu_mix
+    shared_data("speech")
+    calls = []
+    monkeypatch.setattr(cpu_small.subprocess, "call", lambda command, env: calls.append(command) or 0)
+    monkeypatch.setattr(cpu_mix, "training_precision", lambda: ("32-true", "no bf16 units here"))
+    shipped = tmp_path / "shipped.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "training": {"steps": 24077, "seconds": 36000.0}}, shipped)
+    later = tmp_path / "later.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "training": {"steps": 30000, "seconds": 42000.0}}, later)
+    base = ["--data_root", str(SHARED_DATA)]
+    run = ["--out_dir", str(tmp_path / "run"), *base]
+    assert cpu_mix.main([*run, "--init_ckpt", str(shipped)]) == 0
+    assert calls[-1][calls[-1].index("--mix_seed") + 1] == "24077" and calls[-1].count("--mix_seed") == 1
+    assert "mixtures: --mix_seed 24077" in capsys.readouterr().out
+    # the same run started again (a resume) keeps its mixtures whatever the starting file holds now
+    assert cpu_mix.main([*run, "--init_ckpt", str(later)]) == 0
+    assert calls[-1][calls[-1].index("--mix_seed") + 1] == "24077"
+    assert cpu_mix.main([*run, "--init_ckpt", str(shipped), "--mix_seed", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "was started with --mix_seed 24077" in err
+    # a new run from the later model draws anew; from random weights, --seed decides
+    assert cpu_mix.main(["--out_dir", str(tmp_path / "next"), *base, "--init_ckpt", str(later)]) == 0
+    assert calls[-1][calls[-1].index("--mix_seed") + 1] == "30000"
+    assert cpu_mix.main(["--out_dir", str(tmp_path / "twin"), *base, "--init_ckpt", "none", "--sde", "predictive",
+                         "--seed", "7"]) == 0
+    assert calls[-1][calls[-1].index("--mix_seed") + 1] == "7"
+
+
 def test_cpu_mix_trades_crop_length_against_batch_size(tmp_path, monkeypatch):
     from echo.recipes import cpu_mix
     shared_data("speech")

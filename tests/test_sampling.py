@@ -21,7 +21,7 @@ def noisy_spec(seed=0, frames=16):
 
 def test_defaults_come_from_the_sde():
     assert sampler_defaults(EchoSDE()) == dict(predictor="echo_posterior", corrector="none", N=20, t_eps=0.04,
-                                               snr=0.5, corrector_steps=1)
+                                               snr=0.5, corrector_steps=1, draws=1)
     d = sampler_defaults(OUVESDE())
     assert (d["predictor"], d["corrector"], d["N"], d["t_eps"]) == ("reverse_diffusion", "ald", 30, 0.03)
 
@@ -154,6 +154,8 @@ def test_predictive_baseline_trains_and_predicts_in_one_pass():
     assert nfe == 1 and torch.equal(out, direct)
     with pytest.raises(SamplerError, match="one network evaluation"):
         sample(model, y, N=3)
+    with pytest.raises(SamplerError, match="draws=2: a predictive model is deterministic"):
+        sample(model, y, draws=2)
 
 
 class _RecordingOracle:
@@ -191,3 +193,36 @@ def test_warm_start_is_refused_where_it_cannot_work(echo_model):
     for bad in (1.0, 0.01):
         with pytest.raises(SamplerError, match=f"t_start={bad} must lie between"):
             sample(echo_model, y, N=2, predictor="ddpm", t_start=bad)
+
+
+class _StateDependentOracle:
+    """Stands in for a model whose estimate depends on the state, so that draws differ: 0.5 x + y."""
+
+    def __init__(self):
+        self.sde, self.hparams = EchoSDE(), {"sde": "echo"}
+
+    def __call__(self, x, y, t):
+        return 0.5 * x + y
+
+
+@pytest.mark.parametrize("predictor, n", [("ddim", 1), ("ddpm", 3), ("echo_posterior", 10)])
+def test_draws_average_independent_runs_of_the_sampler(predictor, n):
+    """draws K: the mean of K whole runs that follow one another on the same generator, K x N
+    network evaluations; K = 1 is the plain sampler, draw for draw."""
+    oracle, y = _StateDependentOracle(), noisy_spec(5)
+    kwargs = dict(N=n, predictor=predictor)
+    single, nfe = sample(oracle, y, generator=torch.Generator().manual_seed(3), **kwargs)
+    assert torch.equal(sample(oracle, y, generator=torch.Generator().manual_seed(3), draws=1, **kwargs)[0], single)
+    chained = torch.Generator().manual_seed(3)
+    runs = [sample(oracle, y, generator=chained, **kwargs)[0] for _ in range(3)]
+    averaged, nfe3 = sample(oracle, y, generator=torch.Generator().manual_seed(3), draws=3, **kwargs)
+    assert nfe3 == 3 * nfe == 3 * n
+    torch.testing.assert_close(averaged, (runs[0] + runs[1] + runs[2]) / 3, rtol=1e-6, atol=0.0)
+    spread = float((runs[0] - runs[1]).abs().mean())
+    assert spread > 0.1 * float(runs[0].abs().mean())  # the draws differ, so the mean is not one of them
+    if n == 1:  # one step: the estimate at the prior draw, averaged over the draws
+        chained = torch.Generator().manual_seed(3)
+        priors = [oracle.sde.prior_sampling(y, chained) for _ in range(3)]
+        torch.testing.assert_close(averaged, sum(0.5 * x + y for x in priors) / 3, rtol=1e-5, atol=0.0)
+    with pytest.raises(SamplerError, match="need draws >= 1"):
+        sample(oracle, y, draws=0, **kwargs)

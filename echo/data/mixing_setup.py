@@ -27,6 +27,12 @@ def add_mixing_args(parser):
     group.add_argument("--segment_seconds", type=float, default=4.0,
                        help="Length of a drawn mixture; it is normalised by its peak, as a file is at "
                             "enhancement, then cropped to --num_frames")
+    group.add_argument("--mix_seed", type=int, default=None,
+                       help="Seed of the training mixtures alone (each example's speech, noise, SNR, gain, room "
+                            "and crop); default: --seed. The held-apart split, the validation mixtures and the "
+                            "simulated rooms keep --seed, so a continuation of a trained model given a new "
+                            "--mix_seed trains on mixtures the earlier run never drew and is validated on the "
+                            "same ones")
     group.add_argument("--examples_per_epoch", type=int, default=2000,
                        help="Training mixtures per epoch (the unit of validation and checkpoints)")
     group.add_argument("--n_valid_mixtures", type=int, default=24,

@@ -17,10 +17,11 @@ elsewhere (said in the first line). The budget, resuming after a kill and the ex
 ``echo.recipes.cpu_small``.
 """
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from echo.checkpoints import CheckpointError
+from echo.checkpoints import CheckpointError, read_checkpoint
 from echo.recipes import cpu_small
 from echo.recipes.real_data import NOISE_PAIRS, stage_noise
 from echo.training_clock import parse_max_time
@@ -83,6 +84,30 @@ def training_precision(device="cpu"):
     return ("bf16-mixed" if has_units else "32-true"), reason
 
 
+def mix_seed_for(args, out_dir: Path) -> int:
+    """The seed of this run's training mixtures (train.py --mix_seed). By default the steps the
+    starting model has trained (0 from random weights): a continuation of the shipped model draws
+    mixtures that the stages before it never drew, where the run's --seed alone would replay them
+    (its draws are a function of (seed, step, index), and every stage counts its steps from 0).
+    Recorded in ``out_dir`` at the first start, so that a resumed run draws what it drew before."""
+    record = out_dir / "mix_seed.json"
+    if record.is_file():
+        saved = int(json.loads(record.read_text())["mix_seed"])
+        if args.mix_seed is not None and args.mix_seed != saved:
+            raise CheckpointError(f"{out_dir} was started with --mix_seed {saved}: give that, or a new --out_dir")
+        return saved
+    if args.mix_seed is not None:
+        seed = args.mix_seed
+    elif args.init_ckpt is not None:
+        from echo.pretrained import shipped_training  # imports torch: only here
+        seed = shipped_training(read_checkpoint(args.init_ckpt))["steps"]
+    else:
+        seed = args.seed
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"mix_seed": seed, "init_ckpt": args.init_ckpt}) + "\n")
+    return seed
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m echo.recipes.cpu_mix", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -104,6 +129,10 @@ def build_parser():
                         help="echo: the shipped model's training; predictive: the same network and data trained "
                              "as a plain predictive model (the twin that asks whether the diffusion pays; starts "
                              "from random weights: give --init_ckpt none)")
+    parser.add_argument("--mix_seed", type=int, default=None,
+                        help="seed of the training mixtures (train.py --mix_seed); default: the steps the "
+                             "--init_ckpt model has trained, so that each continuation draws new mixtures "
+                             "(--seed without a starting model)")
     parser.add_argument("--precision", default="auto",
                         help="train.py --precision; auto: bf16-mixed where the hardware multiplies bf16, else 32-true")
     parser.add_argument("--sources_only", action="store_true", help="stage the sources and stop")
@@ -139,6 +168,9 @@ def main(argv=None):
                   "--snr_range", *map(str, SNR_RANGE), "--gain_range", *map(str, cpu_small.GAIN_RANGE),
                   "--reverb_prob", str(args.reverb_prob)]
     try:
+        mix_seed = mix_seed_for(args, Path(args.out_dir))
+        print(f"mixtures: --mix_seed {mix_seed}", flush=True)
+        data_flags += ["--mix_seed", str(mix_seed)]
         schedule = ["--lr", str(args.lr), "--lr_decay_steps", str(args.lr_decay_steps), "--sde", args.sde]
         model_flags = NETWORK_FLAGS + crop_flags(args.num_frames, args.batch_size) + schedule
         return cpu_small.train(args, data_flags, model_flags, ["--precision", precision])

@@ -14,6 +14,10 @@ meant to unless a flag says otherwise.
 network's one-step estimate from the prior is put back on the training marginal of time
 ``t_start`` (alpha s^ + sigma eps) and the N steps walk linspace(t_start, t_eps, N) from there,
 so the stochastic steps only have to undo a little noise: N + 1 network evaluations.
+
+``draws`` K > 1 runs the whole sampler K times from independent prior draws and returns the mean
+of the K estimates (K times the network evaluations): an estimate of the posterior mean, which
+the squared-error measures (SI-SDR) favour over any single sample.
 """
 import torch
 
@@ -30,13 +34,13 @@ class SamplerError(ValueError):
 def sampler_defaults(sde):
     return dict(predictor=getattr(sde, "default_predictor", "echo_posterior"),
                 corrector=getattr(sde, "default_corrector", "none"),
-                N=sde.N, t_eps=sde.t_eps, snr=getattr(sde, "default_snr", 0.5), corrector_steps=1)
+                N=sde.N, t_eps=sde.t_eps, snr=getattr(sde, "default_snr", 0.5), corrector_steps=1, draws=1)
 
 
 WARM_START_PREDICTORS = ("ddim", "ddpm")
 
 
-def _check(sde_name, sde, predictor, corrector, N, corrector_steps, t_start=None):
+def _check(sde_name, sde, predictor, corrector, N, corrector_steps, t_start=None, draws=1):
     if predictor not in PredictorRegistry:
         raise SamplerError(f"unknown predictor '{predictor}' (known: {', '.join(PredictorRegistry.get_all_names())})")
     if corrector not in CorrectorRegistry:
@@ -64,11 +68,15 @@ def _check(sde_name, sde, predictor, corrector, N, corrector_steps, t_start=None
             raise SamplerError(f"t_start={t_start} must lie between t_eps ({sde.t_eps}) and {sde.T}")
     if N < 1 or corrector_steps < 1:
         raise SamplerError(f"need N >= 1 and corrector_steps >= 1, got N={N}, corrector_steps={corrector_steps}")
+    if draws < 1:
+        raise SamplerError(f"need draws >= 1 (estimates averaged), got {draws}")
+    if sde_name == "predictive" and draws != 1:
+        raise SamplerError(f"draws={draws}: a predictive model is deterministic, its draws would all be equal")
 
 
 @torch.inference_mode()
 def sample(model, y, N=None, predictor=None, corrector=None, corrector_steps=None, snr=None, t_eps=None,
-           generator=None, t_start=None):
+           generator=None, t_start=None, draws=None):
     """Clean-speech spectrogram estimate [B, 1, F, T] for the noisy spectrogram ``y`` and the
     number of network evaluations it took. ``generator`` makes the run reproducible."""
     defaults = sampler_defaults(model.sde)
@@ -78,10 +86,10 @@ def sample(model, y, N=None, predictor=None, corrector=None, corrector_steps=Non
     corrector_steps = defaults["corrector_steps"] if corrector_steps is None else int(corrector_steps)
     snr = defaults["snr"] if snr is None else float(snr)
     t_eps = defaults["t_eps"] if t_eps is None else float(t_eps)
+    draws = defaults["draws"] if draws is None else int(draws)
     sde_name = model.hparams.get("sde", "echo") if hasattr(model, "hparams") else "echo"
     t_start = None if t_start is None else float(t_start)
-    sde = model.sde.copy(N=N, t_eps=t_eps)
-    _check(sde_name, sde, predictor, corrector, N, corrector_steps, t_start)
+    _check(sde_name, model.sde.copy(N=N, t_eps=t_eps), predictor, corrector, N, corrector_steps, t_start, draws)
 
     nfe = 0
 
@@ -90,22 +98,30 @@ def sample(model, y, N=None, predictor=None, corrector=None, corrector_steps=Non
         nfe += 1
         return model(x, y_, t)
 
-    def score_fn(x, y_, t):
-        if getattr(sde, "prediction", "score") == "data":
-            return sde.score_from_clean(x, model_fn(x, y_, t), t)
-        return model_fn(x, y_, t)  # score-predicting models return the score itself
+    def one_draw():
+        sde = model.sde.copy(N=N, t_eps=t_eps)
 
-    x = sde.prior_sampling(y, generator)
-    if t_start is not None:
-        ones = torch.ones(y.shape[0], device=y.device, dtype=y.real.dtype)
-        x = sde.perturb(model_fn(x, y, ones), torch.full_like(ones, t_start), None, generator)
-        sde.T = t_start  # the predictors' grids and the loop below start here
-    step = PredictorRegistry.get_by_name(predictor)(sde, model_fn, N)
-    refine = CorrectorRegistry.get_by_name(corrector)(sde, score_fn, snr, corrector_steps)
-    x_mean = x
-    for i, t_value in enumerate(torch.linspace(sde.T, t_eps, N, dtype=torch.float64).tolist()):
-        t = torch.full((y.shape[0],), t_value, device=y.device, dtype=y.real.dtype)
-        x, x_mean = refine.update(x, y, t, generator)
-        x, x_mean = step.update(x, y, t, i, generator)
-    # the last step's noise-free mean is the estimate
-    return x_mean, nfe
+        def score_fn(x, y_, t):
+            if getattr(sde, "prediction", "score") == "data":
+                return sde.score_from_clean(x, model_fn(x, y_, t), t)
+            return model_fn(x, y_, t)  # score-predicting models return the score itself
+
+        x = sde.prior_sampling(y, generator)
+        if t_start is not None:
+            ones = torch.ones(y.shape[0], device=y.device, dtype=y.real.dtype)
+            x = sde.perturb(model_fn(x, y, ones), torch.full_like(ones, t_start), None, generator)
+            sde.T = t_start  # the predictors' grids and the loop below start here
+        step = PredictorRegistry.get_by_name(predictor)(sde, model_fn, N)
+        refine = CorrectorRegistry.get_by_name(corrector)(sde, score_fn, snr, corrector_steps)
+        x_mean = x
+        for i, t_value in enumerate(torch.linspace(sde.T, t_eps, N, dtype=torch.float64).tolist()):
+            t = torch.full((y.shape[0],), t_value, device=y.device, dtype=y.real.dtype)
+            x, x_mean = refine.update(x, y, t, generator)
+            x, x_mean = step.update(x, y, t, i, generator)
+        # the last step's noise-free mean is the estimate
+        return x_mean
+
+    estimate = one_draw()
+    for _ in range(draws - 1):  # the draws follow one another on the same generator: seeded, reproducible
+        estimate = estimate + one_draw()
+    return estimate / draws if draws > 1 else estimate, nfe
