@@ -27,6 +27,7 @@ replaced at the same path, as the shipped model is, is enhanced again).
 import argparse
 import json
 import math
+import os
 import re
 import shlex
 import shutil
@@ -290,6 +291,13 @@ def digits(metric):
     return 2 if metric == "si_sdr" else 3
 
 
+def shown_path(path) -> str:
+    """A folder beside the repository as ``../name/...``, so that reports do not carry the absolute
+    paths of the machine they were made on; any other path as given."""
+    absolute = Path(os.path.abspath(path))
+    return os.path.relpath(absolute, REPO) if REPO.parent in absolute.parents else str(path)
+
+
 def sampler_label(predictor, steps, draws):
     return f"{predictor} N={steps}" + (f", mean of {draws} draws" if draws and draws > 1 else "")
 
@@ -303,7 +311,7 @@ def sampler_text(sampler):
 
 def markdown(rows, n_files, args, command, sections=()):
     head = [METRIC_LABELS[m] for m in METRICS]
-    lines = [f"# {args.name}: {n_files} pairs of `{args.noisy_dir}`", "", "```", command, "```", "",
+    lines = [f"# {args.name}: {n_files} pairs of `{shown_path(args.noisy_dir)}`", "", "```", command, "```", "",
              "Mean ± 95% CI over the files (Student t):", "",
              "| system | " + " | ".join(head) + " | level (dB) | clipped files | sampler | NFE | RTF |",
              "|---" * (len(head) + 6) + "|"]

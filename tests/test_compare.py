@@ -213,6 +213,7 @@ def test_compare_snr_thirds_and_dnsmos_rows(tmp_path):
     report = json.loads((tmp_path / "results" / "t.json").read_text())
     text = (tmp_path / "results" / "t.md").read_text()
     assert "by input SNR (lowest third: 1 pairs" in text and "DNSMOS P.835 on the 1 recordings" in text
+    assert text.splitlines()[0] == "# t: 3 pairs of `../shared/data/vbdmd_test/noisy`"  # no absolute path
     assert len(report["per_file"]["noisy"]["input_snr_db"]) == 3
     scores = report["dnsmos"]["echo"]
     assert 1.0 <= scores["noisy"]["dnsmos_ovrl"][0] <= 5.0 and 1.0 <= scores["enhanced"]["dnsmos_ovrl"][0] <= 5.0
