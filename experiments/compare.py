@@ -298,15 +298,16 @@ def shown_path(path) -> str:
     return os.path.relpath(absolute, REPO) if REPO.parent in absolute.parents else str(path)
 
 
+def draws_text(draws):
+    return f", mean of {draws} draws" if draws and draws > 1 else ""
+
+
 def sampler_label(predictor, steps, draws):
-    return f"{predictor} N={steps}" + (f", mean of {draws} draws" if draws and draws > 1 else "")
+    return f"{predictor} N={steps}" + draws_text(draws)
 
 
 def sampler_text(sampler):
-    if not sampler:
-        return "-"
-    draws = sampler.get("draws", 1)
-    return f"{sampler['predictor']}, N={sampler['N']}" + (f", mean of {draws} draws" if draws > 1 else "")
+    return f"{sampler['predictor']}, N={sampler['N']}" + draws_text(sampler.get("draws")) if sampler else "-"
 
 
 def markdown(rows, n_files, args, command, sections=()):
